@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built by setup.py); used through fastml.backends.cython."""

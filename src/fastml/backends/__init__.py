@@ -1,0 +1,1 @@
+"""Backend implementations. ``reference`` defines every op; the others subclass it."""

@@ -1,0 +1,6 @@
+"""Numba CPU backend: njit kernels overriding the reference ops."""
+from .reference import ReferenceBackend
+
+
+class NumbaBackend(ReferenceBackend):
+    name = "numba"

@@ -1,0 +1,274 @@
+"""The pure-NumPy reference: the single source of truth for every op.
+
+Every method here receives input already validated by the public API
+(fastml.layers / losses / optim / preprocessing): floating arrays share one
+dtype, shapes agree, indices are in range, arrays are C-contiguous. Row-wise
+ops (softmax, log_softmax) receive 2-D ``(rows, n)`` arrays; the public
+function moves the reduced axis last. Accelerated backends subclass
+``ReferenceBackend`` and override the methods they have kernels for, with
+exactly the same signatures.
+
+Formulas follow PyTorch's CPU kernels (``torch.nn.functional``,
+``torch.optim`` single-tensor algorithms) and scikit-learn (preprocessing).
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+
+def op(module: str):
+    """Mark a backend method as the public op ``module.<method name>``."""
+    def mark(fn):
+        fn._fastml_op = f"{module}.{fn.__name__}"
+        return fn
+    return mark
+
+
+def _reduce(values, reduction, count=None):
+    """Apply a PyTorch reduction; 'mean' over zero elements is NaN."""
+    if reduction == "none":
+        return values
+    total = values.sum(dtype=np.float64)
+    if reduction == "sum":
+        return float(total)
+    n = values.size if count is None else count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(total) / np.float64(n))
+
+
+class ReferenceBackend:
+    """NumPy implementations of every fastml op."""
+
+    name = "numpy"
+    OPS: dict = {}  # qualified op name -> method name, filled in below
+
+    # ------------------------------------------------------------------ layers
+    @op("layers")
+    def linear(self, x, weight, bias):
+        """x (N, in), weight (out, in), bias (out,) or None -> (N, out)."""
+        out = x @ weight.T
+        if bias is not None:
+            out += bias
+        return out
+
+    @op("layers")
+    def linear_backward(self, grad_out, x, weight, has_bias):
+        """grad_out (N, out), x (N, in) -> (grad_x, grad_weight, grad_bias|None)."""
+        grad_x = grad_out @ weight
+        grad_weight = grad_out.T @ x
+        grad_bias = grad_out.sum(axis=0) if has_bias else None
+        return grad_x, grad_weight, grad_bias
+
+    @op("layers")
+    def relu(self, x):
+        # NaN <= 0 is False, so NaN passes through as in torch.relu.
+        return np.where(x <= 0, np.zeros((), x.dtype), x)
+
+    @op("layers")
+    def relu_backward(self, grad_out, x):
+        # torch's threshold_backward: x <= 0 -> 0, else grad (relu'(0) = 0).
+        return np.where(x <= 0, np.zeros((), x.dtype), grad_out)
+
+    @op("layers")
+    def sigmoid(self, x):
+        with np.errstate(over="ignore"):
+            return 1 / (1 + np.exp(-x))
+
+    @op("layers")
+    def sigmoid_backward(self, grad_out, y):
+        return grad_out * (1 - y) * y
+
+    @op("layers")
+    def tanh(self, x):
+        return np.tanh(x)
+
+    @op("layers")
+    def tanh_backward(self, grad_out, y):
+        return grad_out * (1 - y * y)
+
+    @op("layers")
+    def softmax(self, x):
+        """Row-wise softmax of x (rows, n)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            e = np.exp(x - x.max(axis=1, keepdims=True)) if x.shape[1] else x.copy()
+            return e / e.sum(axis=1, keepdims=True)
+
+    @op("layers")
+    def softmax_backward(self, grad_out, y):
+        """grad_x = y * (grad_out - sum(grad_out * y)) per row."""
+        return y * (grad_out - (grad_out * y).sum(axis=1, keepdims=True))
+
+    @op("layers")
+    def log_softmax(self, x):
+        """Row-wise log-softmax of x (rows, n)."""
+        if x.shape[1] == 0:
+            return x.copy()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            shifted = x - x.max(axis=1, keepdims=True)
+            return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    @op("layers")
+    def log_softmax_backward(self, grad_out, y):
+        """grad_x = grad_out - exp(y) * sum(grad_out) per row."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return grad_out - np.exp(y) * grad_out.sum(axis=1, keepdims=True)
+
+    # ------------------------------------------------------------------ losses
+    @op("losses")
+    def mse_loss(self, input, target, reduction):
+        d = input - target
+        return _reduce(d * d, reduction)
+
+    @op("losses")
+    def mse_loss_grad(self, input, target, reduction):
+        d = input - target
+        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        return (d * input.dtype.type(scale)).astype(input.dtype, copy=False)
+
+    def _ce_parts(self, input, target, weight, ignore_index, label_smoothing):
+        """log-probabilities, per-row target weights and the kept-row mask."""
+        n, c = input.shape
+        logp = self.log_softmax(input)
+        keep = target != ignore_index
+        safe_t = np.where(keep, target, 0)
+        w = np.ones(c, input.dtype) if weight is None else weight
+        wt = np.where(keep, w[safe_t], 0).astype(input.dtype)
+        return logp, keep, safe_t, w, wt
+
+    @op("losses")
+    def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        """input (N, C) logits, target (N,) int64 -> loss (float, or (N,) for 'none').
+
+        As torch.nn.functional.cross_entropy: per row
+        (1-eps) * w[t] * -logp[t] + eps/C * sum_c w[c] * -logp[c], ignored rows 0;
+        'mean' divides by the summed target weights of the kept rows.
+        """
+        n, c = input.shape
+        logp, keep, safe_t, w, wt = self._ce_parts(input, target, weight, ignore_index,
+                                                   label_smoothing)
+        # Ignored rows contribute exactly 0, even when their logits are NaN.
+        nll = np.where(keep, -logp[np.arange(n), safe_t] * wt, 0)
+        loss = (1 - label_smoothing) * nll
+        if label_smoothing > 0:
+            smooth = -(logp * w).sum(axis=1)
+            loss = loss + (label_smoothing / c) * np.where(keep, smooth, 0)
+        loss = loss.astype(input.dtype, copy=False)
+        return _reduce(loss, reduction, count=wt.sum(dtype=np.float64))
+
+    @op("losses")
+    def cross_entropy_grad(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        """d loss / d input, (N, C); for 'none' the gradient of the summed losses."""
+        n, c = input.shape
+        logp, keep, safe_t, w, wt = self._ce_parts(input, target, weight, ignore_index,
+                                                   label_smoothing)
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = np.exp(logp)
+        onehot = np.zeros_like(input)
+        onehot[np.arange(n), safe_t] = 1
+        grad = (1 - label_smoothing) * wt[:, None] * (p - onehot)
+        if label_smoothing > 0:
+            grad = grad + (label_smoothing / c) * (w.sum() * p - w)
+        grad = np.where(keep[:, None], grad, 0)  # ignored rows: exactly 0
+        if reduction == "mean":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grad = grad / wt.sum(dtype=np.float64)
+        return grad.astype(input.dtype, copy=False)
+
+    # ------------------------------------------------------------------- optim
+    @op("optim")
+    def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize):
+        """torch.optim.SGD single-tensor update, in place."""
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = g + weight_decay * param
+        if momentum != 0:
+            if step == 1:
+                momentum_buffer[...] = g
+            else:
+                momentum_buffer *= momentum
+                momentum_buffer += (1 - dampening) * g
+            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+        param -= lr * g
+
+    @op("optim")
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+                  beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay):
+        """torch.optim.Adam / AdamW single-tensor update, in place."""
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param *= 1 - lr * weight_decay
+            else:
+                g = g + weight_decay * param
+        exp_avg += (1 - beta1) * (g - exp_avg)          # torch's lerp_(g, 1 - beta1)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * g * g
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        step_size = lr / bias_correction1
+        if amsgrad:
+            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            denom = np.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+        else:
+            denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        param -= step_size * (exp_avg / denom)
+
+    # ----------------------------------------------------------- preprocessing
+    @op("preprocessing")
+    def column_stats(self, X):
+        """NaN-ignoring per-column (count, mean, M2) of X (n, F), all float64 (F,).
+
+        M2 is the sum of squared deviations from the mean, so the statistics of
+        two chunks merge exactly (Chan et al.); a column with no observed value
+        has count 0, mean 0 and M2 0.
+        """
+        X64 = X.astype(np.float64, copy=False)
+        observed = ~np.isnan(X64)
+        count = observed.sum(axis=0).astype(np.float64)
+        total = np.where(observed, X64, 0).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / count, 0.0)
+        dev = np.where(observed, X64 - mean, 0)
+        m2 = (dev * dev).sum(axis=0)
+        return count, mean, m2
+
+    @op("preprocessing")
+    def standardize(self, X, offset, scale):
+        """(X - offset) / scale, column-wise; X (n, F), offset and scale float64 (F,).
+
+        Computed in float64 and returned in X's dtype, as scikit-learn's
+        in-place ``X -= mean_; X /= scale_`` does. NaN stays NaN.
+        """
+        return ((X - offset) / scale).astype(X.dtype, copy=False)
+
+    @op("preprocessing")
+    def unstandardize(self, X, offset, scale):
+        """X * scale + offset, column-wise: the inverse of ``standardize``."""
+        return (X * scale + offset).astype(X.dtype, copy=False)
+
+
+ReferenceBackend.OPS = {
+    fn._fastml_op: name
+    for name, fn in vars(ReferenceBackend).items()
+    if callable(fn) and hasattr(fn, "_fastml_op")
+}
+
+
+def fallback_ops(cls) -> dict:
+    """Ops of ``cls`` that are not overridden, i.e. run the reference."""
+    return {q: m for q, m in ReferenceBackend.OPS.items()
+            if getattr(cls, m) is getattr(ReferenceBackend, m)}
+
+
+def signature_mismatches(cls) -> list[str]:
+    """Overrides whose signature differs from the reference's."""
+    bad = []
+    for q, m in ReferenceBackend.OPS.items():
+        mine, ref = getattr(cls, m), getattr(ReferenceBackend, m)
+        if mine is not ref and inspect.signature(mine) != inspect.signature(ref):
+            bad.append(f"{q}: {inspect.signature(mine)} != {inspect.signature(ref)}")
+    return bad

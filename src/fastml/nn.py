@@ -1,0 +1,1 @@
+"""Modules for training loops (placeholder, filled in below)."""

@@ -13,16 +13,25 @@ Formulas follow PyTorch's CPU kernels (``torch.nn.functional``,
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
 
 
 def op(module: str):
-    """Mark a backend method as the public op ``module.<method name>``."""
+    """Mark a reference method as the public op ``module.<method name>``.
+
+    NaN and inf propagate silently, as in PyTorch and the compiled backends,
+    so NumPy's floating-point warnings are off inside the reference ops.
+    """
     def mark(fn):
-        fn._fastml_op = f"{module}.{fn.__name__}"
-        return fn
+        @functools.wraps(fn)
+        def quiet(*args, **kwargs):
+            with np.errstate(all="ignore"):
+                return fn(*args, **kwargs)
+        quiet._fastml_op = f"{module}.{fn.__name__}"
+        return quiet
     return mark
 
 
@@ -34,8 +43,7 @@ def _reduce(values, reduction, count=None):
     if reduction == "sum":
         return float(total)
     n = values.size if count is None else count
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.float64(total) / np.float64(n))
+    return float(np.float64(total) / np.float64(n))
 
 
 class ReferenceBackend:
@@ -73,8 +81,7 @@ class ReferenceBackend:
 
     @op("layers")
     def sigmoid(self, x):
-        with np.errstate(over="ignore"):
-            return 1 / (1 + np.exp(-x))
+        return 1 / (1 + np.exp(-x))
 
     @op("layers")
     def sigmoid_backward(self, grad_out, y):
@@ -91,9 +98,10 @@ class ReferenceBackend:
     @op("layers")
     def softmax(self, x):
         """Row-wise softmax of x (rows, n)."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            e = np.exp(x - x.max(axis=1, keepdims=True)) if x.shape[1] else x.copy()
-            return e / e.sum(axis=1, keepdims=True)
+        if x.shape[1] == 0:
+            return x.copy()
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
     @op("layers")
     def softmax_backward(self, grad_out, y):
@@ -105,15 +113,13 @@ class ReferenceBackend:
         """Row-wise log-softmax of x (rows, n)."""
         if x.shape[1] == 0:
             return x.copy()
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            shifted = x - x.max(axis=1, keepdims=True)
-            return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        shifted = x - x.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
     @op("layers")
     def log_softmax_backward(self, grad_out, y):
         """grad_x = grad_out - exp(y) * sum(grad_out) per row."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            return grad_out - np.exp(y) * grad_out.sum(axis=1, keepdims=True)
+        return grad_out - np.exp(y) * grad_out.sum(axis=1, keepdims=True)
 
     # ------------------------------------------------------------------ losses
     @op("losses")
@@ -163,8 +169,7 @@ class ReferenceBackend:
         n, c = input.shape
         logp, keep, safe_t, w, wt = self._ce_parts(input, target, weight, ignore_index,
                                                    label_smoothing)
-        with np.errstate(over="ignore", invalid="ignore"):
-            p = np.exp(logp)
+        p = np.exp(logp)
         onehot = np.zeros_like(input)
         onehot[np.arange(n), safe_t] = 1
         grad = (1 - label_smoothing) * wt[:, None] * (p - onehot)
@@ -172,8 +177,7 @@ class ReferenceBackend:
             grad = grad + (label_smoothing / c) * (w.sum() * p - w)
         grad = np.where(keep[:, None], grad, 0)  # ignored rows: exactly 0
         if reduction == "mean":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                grad = grad / wt.sum(dtype=np.float64)
+            grad = grad / wt.sum(dtype=np.float64)
         return grad.astype(input.dtype, copy=False)
 
     # ------------------------------------------------------------------- optim
@@ -230,8 +234,7 @@ class ReferenceBackend:
         observed = ~np.isnan(X64)
         count = observed.sum(axis=0).astype(np.float64)
         total = np.where(observed, X64, 0).sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / count, 0.0)
+        mean = np.where(count > 0, total / count, 0.0)
         dev = np.where(observed, X64 - mean, 0)
         m2 = (dev * dev).sum(axis=0)
         return count, mean, m2

@@ -1,0 +1,332 @@
+"""The op table: one row per public op, driving the property tests and the benchmarks.
+
+A row names the op (as in ``fastml.backend_info()["ops"]``), how to call it
+from a dict of generated arguments, a hypothesis strategy for those
+arguments per dtype, its tolerance, and benchmark inputs. Adding an op to
+fastml is: the reference method, its kernels, and one row here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+
+import fastml
+from fastml import layers, losses, optim
+from fastml._config import instance
+
+FLOATS = (np.float32, np.float64)
+BASE_TOL = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-12, 1e-12)}
+SPECIALS = (math.nan, math.inf, -math.inf)
+
+
+@dataclass
+class Row:
+    op: str                                   # qualified op name
+    call: Callable[[dict], Any]               # run the op on generated arguments
+    inputs: Callable[[Any], st.SearchStrategy]  # dtype -> strategy of argument dicts
+    reduces: bool = False                     # long reductions: tolerance scales with sqrt(n)
+    tol: dict = field(default_factory=dict)   # dtype -> (rtol, atol) overriding BASE_TOL
+    bench: Callable[[Any], dict] | None = None  # dtype -> large arguments for benchmarks
+    peer: Callable[[dict], Any] | None = None   # PyTorch / scikit-learn equivalent for benchmarks
+
+    def tolerance(self, dtype, n: int) -> tuple[float, float]:
+        rtol, atol = self.tol.get(np.dtype(dtype), BASE_TOL[np.dtype(dtype)])
+        scale = math.sqrt(max(n, 1)) if self.reduces else 1.0
+        return rtol * scale, atol * scale
+
+
+# ------------------------------------------------------------------ strategies
+def elements(dtype, lo=-100.0, hi=100.0, special=True):
+    """Finite values in [lo, hi], and about one in eight NaN/inf when ``special``."""
+    finite = st.floats(lo, hi, width=32 if np.dtype(dtype) == np.float32 else 64)
+    if not special:
+        return finite
+    return st.one_of(*([finite] * 7), st.sampled_from(SPECIALS))
+
+
+@st.composite
+def arrays(draw, dtype, shape, lo=-100.0, hi=100.0, special=True, layout=True):
+    """An array of ``shape``; with ``layout``, sometimes a non-contiguous view."""
+    shape = tuple(shape)
+    strided = layout and len(shape) >= 1 and draw(st.booleans())
+    if strided:  # every other column of a twice-as-wide array
+        base = draw(hnp.arrays(dtype, shape[:-1] + (2 * shape[-1],),
+                               elements=elements(dtype, lo, hi, special)))
+        return base[..., ::2]
+    return draw(hnp.arrays(dtype, shape, elements=elements(dtype, lo, hi, special)))
+
+
+def shapes(min_dims=1, max_dims=3, min_side=0, max_side=6):
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side,
+                            max_side=max_side)
+
+
+@st.composite
+def unary(draw, dtype, lo=-100.0, hi=100.0):
+    return {"x": draw(arrays(dtype, draw(shapes()), lo, hi))}
+
+
+@st.composite
+def binary(draw, dtype, other, lo=-100.0, hi=100.0):
+    shape = draw(shapes())
+    return {"grad_out": draw(arrays(dtype, shape)), other: draw(arrays(dtype, shape, lo, hi))}
+
+
+@st.composite
+def rowwise(draw, dtype, names, lo=-30.0, hi=30.0):
+    shape = draw(shapes())
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    out = {n: draw(arrays(dtype, shape, lo, hi)) for n in names}
+    out["axis"] = axis
+    return out
+
+
+@st.composite
+def linear_inputs(draw, dtype, backward=False):
+    batch = draw(shapes(min_dims=0, max_dims=2, max_side=5))
+    n_in, n_out = draw(st.integers(0, 6)), draw(st.integers(1, 6))
+    d = {"x": draw(arrays(dtype, batch + (n_in,), -3, 3, special=False)),
+         "weight": draw(arrays(dtype, (n_out, n_in), -3, 3, special=False))}
+    if backward:
+        d["grad_out"] = draw(arrays(dtype, batch + (n_out,), -3, 3, special=False))
+        d["has_bias"] = draw(st.booleans())
+    elif draw(st.booleans()):
+        d["bias"] = draw(arrays(dtype, (n_out,), -3, 3, special=False))
+    return d
+
+
+@st.composite
+def mse_inputs(draw, dtype):
+    shape = draw(shapes())
+    return {"input": draw(arrays(dtype, shape)), "target": draw(arrays(dtype, shape)),
+            "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+
+
+@st.composite
+def ce_inputs(draw, dtype):
+    n, c = draw(st.integers(0, 8)), draw(st.integers(1, 8))
+    ignore_index = draw(st.sampled_from([-100, 0, c - 1]))
+    tdtype = draw(st.sampled_from([np.int64, np.int32, np.int16, np.uint8]))
+    if np.dtype(tdtype).kind == "u" and ignore_index < 0:
+        ignore_index = c - 1
+    target = draw(hnp.arrays(tdtype, (n,), elements=st.one_of(
+        st.integers(0, c - 1), st.just(ignore_index))))
+    d = {"input": draw(arrays(dtype, (n, c), -10, 10)), "target": target,
+         "ignore_index": ignore_index,
+         "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+         "label_smoothing": draw(st.sampled_from([0.0, 0.1, 0.37, 1.0]))}
+    if draw(st.booleans()):
+        d["weight"] = draw(arrays(dtype, (c,), 0.0, 2.0, special=False, layout=False))
+    return d
+
+
+@st.composite
+def sgd_inputs(draw, dtype):
+    shape = draw(shapes(max_dims=2))
+    momentum = draw(st.sampled_from([0.0, 0.9]))
+    nesterov = momentum > 0 and draw(st.booleans())
+    return {"param": draw(arrays(dtype, shape, -10, 10)),
+            "grad": draw(arrays(dtype, shape, -10, 10)),
+            "momentum_buffer": draw(arrays(dtype, shape, -10, 10, special=False)),
+            "step": draw(st.sampled_from([1, 2, 7])), "lr": draw(st.sampled_from([0.1, 1e-3])),
+            "momentum": momentum, "nesterov": nesterov,
+            "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.25])),
+            "weight_decay": draw(st.sampled_from([0.0, 1e-2])), "maximize": draw(st.booleans())}
+
+
+@st.composite
+def adam_inputs(draw, dtype):
+    shape = draw(shapes(max_dims=2))
+    return {"param": draw(arrays(dtype, shape, -10, 10)),
+            "grad": draw(arrays(dtype, shape, -10, 10)),
+            "exp_avg": draw(arrays(dtype, shape, -1, 1, special=False)),
+            "exp_avg_sq": draw(arrays(dtype, shape, 0, 1, special=False)),
+            "max_exp_avg_sq": draw(arrays(dtype, shape, 0, 2, special=False)),
+            "step": draw(st.sampled_from([1, 2, 10])), "lr": draw(st.sampled_from([1e-3, 0.5])),
+            "beta1": draw(st.sampled_from([0.9, 0.0])), "beta2": draw(st.sampled_from([0.999, 0.5])),
+            "eps": draw(st.sampled_from([1e-8, 1e-3])),
+            "weight_decay": draw(st.sampled_from([0.0, 1e-2])),
+            "amsgrad": draw(st.booleans()), "maximize": draw(st.booleans()),
+            "decoupled_weight_decay": draw(st.booleans())}
+
+
+@st.composite
+def columns_inputs(draw, dtype, with_scale=False):
+    n, f = draw(st.integers(0, 9)), draw(st.integers(0, 5))
+    d = {"X": np.ascontiguousarray(draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
+        *([st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64)] * 5),
+        st.just(math.nan)))))}
+    if with_scale:
+        d["offset"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(-10, 10)))
+        d["scale"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(0.1, 10)))
+    return d
+
+
+# --------------------------------------------------------------------- calls
+def _copy_inplace(d, names):
+    """Fresh copies of the arrays an in-place op mutates (so backends don't share state)."""
+    return {k: (v.copy() if k in names and v is not None else v) for k, v in d.items()}
+
+
+def _sgd(d):
+    d = _copy_inplace(d, ("param", "momentum_buffer"))
+    optim.sgd_step(**d)
+    return d["param"], (d["momentum_buffer"] if d["momentum"] else None)
+
+
+def _adam(d):
+    d = _copy_inplace(d, ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    optim.adam_step(**d)
+    return d["param"], d["exp_avg"], d["exp_avg_sq"], \
+        (d["max_exp_avg_sq"] if d["amsgrad"] else None)
+
+
+def _kernel(name):
+    """Preprocessing kernels have no public function: call the current backend directly."""
+    return lambda d: getattr(instance(), name)(**d)
+
+
+def _ew_bench(dtype, names=("x",)):
+    rng = np.random.default_rng(0)
+    n = 4_000_000
+    return {k: rng.standard_normal(n).astype(dtype) for k in names}
+
+
+def _rows_bench(dtype, names=("x",)):
+    rng = np.random.default_rng(0)
+    return {k: rng.standard_normal((4096, 1000)).astype(dtype) for k in names}
+
+
+def _ce_bench(dtype):
+    rng = np.random.default_rng(0)
+    return {"input": rng.standard_normal((4096, 1000)).astype(dtype),
+            "target": rng.integers(0, 1000, 4096)}
+
+
+def _adam_bench(dtype):
+    rng = np.random.default_rng(0)
+    n = 10_000_000
+    return {"param": rng.standard_normal(n).astype(dtype), "grad": rng.standard_normal(n).astype(dtype),
+            "exp_avg": np.zeros(n, dtype), "exp_avg_sq": np.zeros(n, dtype), "step": 1}
+
+
+def _sgd_bench(dtype):
+    d = _adam_bench(dtype)
+    return {"param": d["param"], "grad": d["grad"], "momentum_buffer": d["exp_avg"],
+            "step": 1, "lr": 1e-3, "momentum": 0.9}
+
+
+def _linear_bench(dtype, backward=False):
+    rng = np.random.default_rng(0)
+    d = {"x": rng.standard_normal((1024, 1024)).astype(dtype),
+         "weight": rng.standard_normal((1024, 1024)).astype(dtype)}
+    if backward:
+        d["grad_out"] = rng.standard_normal((1024, 1024)).astype(dtype)
+    else:
+        d["bias"] = rng.standard_normal(1024).astype(dtype)
+    return d
+
+
+def _columns_bench(dtype, with_scale=False):
+    rng = np.random.default_rng(0)
+    d = {"X": rng.standard_normal((1_000_000, 50)).astype(dtype)}
+    if with_scale:
+        d["offset"], d["scale"] = rng.standard_normal(50), rng.uniform(0.5, 2, 50)
+    return d
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _peer_unary(fname):
+    def run(d):
+        torch = _torch()
+        return getattr(torch, fname)(torch.from_numpy(d["x"]))
+    return run
+
+
+def _peer_ce(d):
+    torch = _torch()
+    x = torch.from_numpy(d["input"]).requires_grad_()
+    loss = torch.nn.functional.cross_entropy(x, torch.from_numpy(d["target"]))
+    loss.backward()
+    return x.grad
+
+
+ROWS = [
+    Row("layers.linear", lambda d: layers.linear(**d), lambda t: linear_inputs(t),
+        reduces=True, bench=_linear_bench,
+        peer=lambda d: _torch().nn.functional.linear(*(_torch().from_numpy(d[k])
+                                                       for k in ("x", "weight", "bias")))),
+    Row("layers.linear_backward", lambda d: layers.linear_backward(**d),
+        lambda t: linear_inputs(t, backward=True), reduces=True,
+        bench=lambda t: _linear_bench(t, backward=True)),
+    Row("layers.relu", lambda d: layers.relu(**d), unary, bench=_ew_bench,
+        peer=_peer_unary("relu")),
+    Row("layers.relu_backward", lambda d: layers.relu_backward(**d),
+        lambda t: binary(t, "x"), bench=lambda t: _ew_bench(t, ("grad_out", "x"))),
+    Row("layers.sigmoid", lambda d: layers.sigmoid(**d), unary, bench=_ew_bench,
+        peer=_peer_unary("sigmoid")),
+    Row("layers.sigmoid_backward", lambda d: layers.sigmoid_backward(**d),
+        lambda t: binary(t, "y", 0, 1), bench=lambda t: _ew_bench(t, ("grad_out", "y"))),
+    Row("layers.tanh", lambda d: layers.tanh(**d), unary, bench=_ew_bench,
+        peer=_peer_unary("tanh")),
+    Row("layers.tanh_backward", lambda d: layers.tanh_backward(**d),
+        lambda t: binary(t, "y", -1, 1), bench=lambda t: _ew_bench(t, ("grad_out", "y"))),
+    Row("layers.softmax", lambda d: layers.softmax(**d), lambda t: rowwise(t, ["x"]),
+        bench=_rows_bench,
+        peer=lambda d: _torch().softmax(_torch().from_numpy(d["x"]), dim=-1)),
+    Row("layers.softmax_backward", lambda d: layers.softmax_backward(**d),
+        lambda t: rowwise(t, ["grad_out", "y"], -1, 1), reduces=True,
+        bench=lambda t: _rows_bench(t, ("grad_out", "y"))),
+    Row("layers.log_softmax", lambda d: layers.log_softmax(**d), lambda t: rowwise(t, ["x"]),
+        bench=_rows_bench,
+        peer=lambda d: _torch().log_softmax(_torch().from_numpy(d["x"]), dim=-1)),
+    Row("layers.log_softmax_backward", lambda d: layers.log_softmax_backward(**d),
+        lambda t: rowwise(t, ["grad_out", "y"], -10, 0), reduces=True,
+        bench=lambda t: _rows_bench(t, ("grad_out", "y"))),
+    Row("losses.mse_loss", lambda d: losses.mse_loss(**d), mse_inputs, reduces=True,
+        bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()},
+        peer=lambda d: _torch().nn.functional.mse_loss(_torch().from_numpy(d["input"]),
+                                                       _torch().from_numpy(d["target"]))),
+    Row("losses.mse_loss_grad", lambda d: losses.mse_loss_grad(**d), mse_inputs,
+        bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()}),
+    Row("losses.cross_entropy", lambda d: losses.cross_entropy(**d), ce_inputs, reduces=True,
+        bench=_ce_bench,
+        peer=lambda d: _torch().nn.functional.cross_entropy(_torch().from_numpy(d["input"]),
+                                                            _torch().from_numpy(d["target"]))),
+    Row("losses.cross_entropy_grad", lambda d: losses.cross_entropy_grad(**d), ce_inputs,
+        reduces=True, bench=_ce_bench, peer=_peer_ce),
+    Row("optim.sgd_step", _sgd, sgd_inputs, bench=_sgd_bench),
+    Row("optim.adam_step", _adam, adam_inputs, bench=_adam_bench),
+    Row("preprocessing.column_stats", _kernel("column_stats"), columns_inputs, reduces=True,
+        tol={np.dtype(np.float32): (1e-12, 1e-9), np.dtype(np.float64): (1e-12, 1e-9)},
+        bench=_columns_bench),
+    Row("preprocessing.standardize", _kernel("standardize"),
+        lambda t: columns_inputs(t, with_scale=True),
+        bench=lambda t: _columns_bench(t, with_scale=True)),
+    Row("preprocessing.unstandardize", _kernel("unstandardize"),
+        lambda t: columns_inputs(t, with_scale=True),
+        bench=lambda t: _columns_bench(t, with_scale=True)),
+]
+
+ROW_BY_OP = {r.op: r for r in ROWS}
+
+
+def accelerated_backends():
+    return [b for b in fastml.available_backends() if b != "numpy"]
+
+
+def size_of(args: dict) -> int:
+    """The longest reduction a row's inputs can contain: the largest array size."""
+    return max([np.size(a) for a in args.values() if isinstance(a, np.ndarray)] or [1])

@@ -1,0 +1,84 @@
+"""Property tests: every op of the table, on every accelerated backend, equals the reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastml
+from fastml.backends.reference import ReferenceBackend
+
+from optable import ROWS, accelerated_backends, size_of
+
+# The simulator interprets kernels in Python: fewer examples keep CI fast.
+EXAMPLES = {"cuda": 6}
+
+
+def assert_same(actual, expected, rtol, atol, where=""):
+    """Equal structure, dtypes and shapes; values within tolerance, NaN where NaN."""
+    if expected is None or actual is None:
+        assert actual is None and expected is None, f"{where}: {actual!r} vs {expected!r}"
+        return
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, rtol, atol, f"{where}[{i}]")
+        return
+    if isinstance(expected, float):
+        assert isinstance(actual, float), f"{where}: expected a Python float, got {type(actual)}"
+    else:
+        assert isinstance(actual, np.ndarray), f"{where}: expected ndarray, got {type(actual)}"
+        assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
+        assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
+                               err_msg=where)
+
+
+def _snapshot(args):
+    return {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
+
+
+def test_table_covers_every_op():
+    assert sorted(r.op for r in ROWS) == sorted(ReferenceBackend.OPS)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.op)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", accelerated_backends())
+def test_matches_reference(backend, dtype, row):
+    @settings(max_examples=EXAMPLES.get(backend, settings().max_examples))
+    @given(args=row.inputs(dtype))
+    def check(args):
+        before = _snapshot(args)
+        with fastml.use_backend("numpy"):
+            expected = row.call(args)
+        with fastml.use_backend(backend):
+            actual = row.call(args)
+        for k, v in before.items():  # inputs are never modified (in-place ops copy first)
+            np.testing.assert_array_equal(args[k], v, err_msg=f"{row.op} modified '{k}'")
+        rtol, atol = row.tolerance(dtype, size_of(args))
+        assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
+
+    check()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.op)
+@pytest.mark.parametrize("backend", accelerated_backends())
+def test_read_only_inputs(backend, row):
+    """Read-only (e.g. memory-mapped) inputs are accepted wherever the op doesn't write."""
+    @settings(max_examples=3)
+    @given(args=row.inputs(np.float32), data=st.data())
+    def check(args, data):
+        inplace = {"param", "momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+        for k, v in args.items():
+            if isinstance(v, np.ndarray) and k not in inplace:
+                v.flags.writeable = False
+        with fastml.use_backend("numpy"):
+            expected = row.call(args)
+        with fastml.use_backend(backend):
+            actual = row.call(args)
+        rtol, atol = row.tolerance(np.float32, size_of(args))
+        assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
+
+    check()

@@ -82,7 +82,9 @@ def extensions():
         "nonecheck": False,
         "embedsignature": True,
     }
-    compile_args = ["-O3"] if sys.platform != "win32" else ["/O2"]
+    # -fno-trapping-math lets gcc turn the NaN/overflow selects of the exp kernels into
+    # vector blends; it assumes nothing about finiteness (NaN and inf still propagate).
+    compile_args = ["-O3", "-fno-trapping-math"] if sys.platform != "win32" else ["/O2"]
     exts = [
         Extension(
             "fastml._cext." + os.path.splitext(os.path.basename(pyx))[0],

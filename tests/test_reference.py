@@ -245,3 +245,13 @@ def test_adam_step_vs_torch(dtype, case):
         optim.adam_step(p, g, m, v, vmax, step=step, beta1=beta1, beta2=beta2,
                         decoupled_weight_decay=decoupled, **case)
     close(p, tp, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_grad_all_ignored_is_zero(reduction):
+    x = rand(3, 4)
+    t = np.full(3, -100)
+    tx = t_(x, True)
+    F.cross_entropy(tx, torch.from_numpy(t), reduction=reduction).backward()
+    got = losses.cross_entropy_grad(x, t, reduction=reduction)
+    assert not tx.grad.any() and not got.any() and not np.isnan(got).any()

@@ -50,7 +50,8 @@ def simulator_enabled() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
-CEXT_MODULES = ("_common",)
+CEXT_MODULES = ("_common", "_elementwise", "_rowwise", "_losses", "_optim", "_preprocessing",
+                "_linear")
 
 
 @functools.cache

@@ -1,6 +1,185 @@
-"""Cython backend: the compiled kernels in fastml._cext overriding the reference ops."""
+"""Cython backend: the compiled kernels in fastml._cext overriding the reference ops.
+
+Each method allocates the output, flattens element-wise arrays to 1-D views
+(inputs arrive C-contiguous, so these are free) and passes the thread bound
+``fastml.get_num_threads()`` to the kernel on every call. Per-step optimizer
+scalars are computed here, once per call, in double as the reference does.
+"""
+import math
+
+import numpy as np
+
+from .._cext import _elementwise, _linear, _losses, _optim, _preprocessing, _rowwise
+from .._config import get_num_threads
 from .reference import ReferenceBackend
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+def _vec(a):
+    """Column offsets / scales as contiguous float64, as the kernels take them."""
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _unary(kernel, x):
+    out = np.empty_like(x)
+    kernel(_flat(x), _flat(out), get_num_threads())
+    return out
+
+
+def _binary(kernel, a, b):
+    out = np.empty_like(b)
+    kernel(_flat(a), _flat(b), _flat(out), get_num_threads())
+    return out
+
+
+class _BlasThreads:
+    """Bounds the BLAS pool behind GEMM to get_num_threads(), re-applied only when it changes."""
+
+    def __init__(self):
+        self._applied = None
+        self._controller = None
+
+    def apply(self, n):
+        if n != self._applied:
+            if self._controller is None:
+                from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+                self._controller = ThreadpoolController()
+            self._controller.limit(limits=n, user_api="blas")
+            self._applied = n
+        return n
 
 
 class CythonBackend(ReferenceBackend):
     name = "cython"
+
+    def __init__(self):
+        self._blas = _BlasThreads()
+
+    # ------------------------------------------------------------------ layers
+    def linear(self, x, weight, bias):
+        out = np.empty((x.shape[0], weight.shape[0]), x.dtype)
+        _linear.linear(x, weight, bias, out, self._blas.apply(get_num_threads()))
+        return out
+
+    def linear_backward(self, grad_out, x, weight, has_bias):
+        grad_x = np.empty_like(x)
+        grad_weight = np.empty_like(weight)
+        grad_bias = np.empty(weight.shape[0], x.dtype) if has_bias else None
+        _linear.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
+                                self._blas.apply(get_num_threads()))
+        return grad_x, grad_weight, grad_bias
+
+    def relu(self, x):
+        return _unary(_elementwise.relu, x)
+
+    def relu_backward(self, grad_out, x):
+        return _binary(_elementwise.relu_backward, grad_out, x)
+
+    def sigmoid(self, x):
+        return _unary(_elementwise.sigmoid, x)
+
+    def sigmoid_backward(self, grad_out, y):
+        return _binary(_elementwise.sigmoid_backward, grad_out, y)
+
+    def tanh(self, x):
+        return _unary(_elementwise.tanh, x)
+
+    def tanh_backward(self, grad_out, y):
+        return _binary(_elementwise.tanh_backward, grad_out, y)
+
+    def softmax(self, x):
+        out = np.empty_like(x)
+        _rowwise.softmax(x, out, get_num_threads())
+        return out
+
+    def softmax_backward(self, grad_out, y):
+        out = np.empty_like(y)
+        _rowwise.softmax_backward(grad_out, y, out, get_num_threads())
+        return out
+
+    def log_softmax(self, x):
+        out = np.empty_like(x)
+        _rowwise.log_softmax(x, out, get_num_threads())
+        return out
+
+    def log_softmax_backward(self, grad_out, y):
+        out = np.empty_like(y)
+        _rowwise.log_softmax_backward(grad_out, y, out, get_num_threads())
+        return out
+
+    # ------------------------------------------------------------------ losses
+    def mse_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _binary(_losses.mse_none, input, target)
+        total = _losses.mse_sum(_flat(input), _flat(target), get_num_threads())
+        if reduction == "sum":
+            return total
+        return total / input.size if input.size else math.nan
+
+    def mse_loss_grad(self, input, target, reduction):
+        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        out = np.empty_like(input)
+        _losses.mse_grad(_flat(input), _flat(target), scale, _flat(out), get_num_threads())
+        return out
+
+    @staticmethod
+    def _class_weight(input, weight):
+        return np.ones(input.shape[1], input.dtype) if weight is None else weight
+
+    def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        out = np.empty(input.shape[0], input.dtype)
+        total, wsum = _losses.cross_entropy(input, target, self._class_weight(input, weight),
+                                            ignore_index, label_smoothing, out,
+                                            get_num_threads())
+        if reduction == "none":
+            return out
+        if reduction == "sum":
+            return total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(total) / np.float64(wsum))
+
+    def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
+                           label_smoothing):
+        w = self._class_weight(input, weight)
+        coef = 1.0
+        if reduction == "mean":
+            with np.errstate(divide="ignore"):
+                coef = float(1.0 / np.float64(_losses.target_weight_sum(target, w, ignore_index)))
+        out = np.empty_like(input)
+        _losses.cross_entropy_grad(input, target, w, ignore_index, label_smoothing, coef, out,
+                                   get_num_threads())
+        return out
+
+    # ------------------------------------------------------------------- optim
+    def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize):
+        _optim.sgd_step(_flat(param), _flat(grad),
+                        None if momentum_buffer is None else _flat(momentum_buffer),
+                        lr, momentum, 1 - dampening, weight_decay, step == 1, nesterov,
+                        maximize, get_num_threads())
+
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+                  beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay):
+        _optim.adam_step(_flat(param), _flat(grad), _flat(exp_avg), _flat(exp_avg_sq),
+                         _flat(max_exp_avg_sq) if amsgrad else None,
+                         1 - beta1, beta2, 1 - beta2, (1 - beta2 ** step) ** 0.5, eps,
+                         lr / (1 - beta1 ** step), weight_decay, 1 - lr * weight_decay,
+                         decoupled_weight_decay, amsgrad, maximize, get_num_threads())
+
+    # ----------------------------------------------------------- preprocessing
+    def column_stats(self, X):
+        return _preprocessing.column_stats(X, get_num_threads())
+
+    def standardize(self, X, offset, scale):
+        out = np.empty_like(X)
+        _preprocessing.standardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out
+
+    def unstandardize(self, X, offset, scale):
+        out = np.empty_like(X)
+        _preprocessing.unstandardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out

@@ -175,10 +175,10 @@ class ReferenceBackend:
         grad = (1 - label_smoothing) * wt[:, None] * (p - onehot)
         if label_smoothing > 0:
             grad = grad + (label_smoothing / c) * (w.sum() * p - w)
-        grad = np.where(keep[:, None], grad, 0)  # ignored rows: exactly 0
         if reduction == "mean":
             grad = grad / wt.sum(dtype=np.float64)
-        return grad.astype(input.dtype, copy=False)
+        # Ignored rows get exactly 0, also when every row is ignored (0/0 above), as torch.
+        return np.where(keep[:, None], grad, 0).astype(input.dtype, copy=False)
 
     # ------------------------------------------------------------------- optim
     @op("optim")

@@ -1,6 +1,219 @@
-"""Numba CPU backend: njit kernels overriding the reference ops."""
-from .reference import ReferenceBackend
+"""Numba CPU backend: njit kernels (``_numba_kernels``) overriding the reference ops.
+
+Inputs arrive validated and C-contiguous (see ``reference``). Each kernel has
+a serial and a parallel twin; the parallel one runs only above
+``PARALLEL_MIN`` elements, with ``fastml.get_num_threads()`` threads applied
+on every call (``numba.set_num_threads`` is per calling thread). GEMM is
+BLAS through ``np.dot``.
+
+Threading layer: numba's default order already prefers ``tbb``, then ``omp``,
+both safe for concurrent launches from several threads; we don't override a
+user's ``NUMBA_THREADING_LAYER``. When the layer turns out to be
+``workqueue``, which aborts on concurrent launches, one thread at a time runs
+the parallel twin and the others run the serial twin.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numba
+import numpy as np
+from numba.core import config as _numba_config
+
+from .. import _config
+from . import _numba_kernels as K
+from .reference import ReferenceBackend, _reduce, op
+
+PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than it saves
+
+_launch_lock = threading.Lock()
+_layer_safe = False  # known only after the first parallel launch
+
+
+@contextlib.contextmanager
+def _parallel_slot():
+    """Yield whether this thread may launch a parallel kernel now."""
+    global _layer_safe
+    if _layer_safe:
+        yield True
+        return
+    got = _launch_lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _layer_safe = numba.threading_layer() in ("tbb", "omp")
+            _launch_lock.release()
+
+
+def _run(twin, size, *args, chunked=False):
+    """Run the parallel twin for big inputs when allowed, else the serial one.
+
+    ``chunked`` kernels take the number of row chunks (one per thread) last.
+    """
+    threads = min(_config.get_num_threads(), _numba_config.NUMBA_NUM_THREADS)
+    if size >= PARALLEL_MIN and threads > 1:
+        with _parallel_slot() as ok:
+            if ok:
+                numba.set_num_threads(threads)
+                return twin.parallel(*args, threads) if chunked else twin.parallel(*args)
+    return twin.serial(*args, 1) if chunked else twin.serial(*args)
+
+
+def _map(twin, first, *rest):
+    """Element-wise kernel over flat views of the arrays (scalars pass as they
+    are); output allocated once, like ``first``."""
+    out = np.empty_like(first)
+    flat = (a.reshape(-1) if isinstance(a, np.ndarray) else a for a in (first, *rest))
+    _run(twin, first.size, *flat, out.reshape(-1))
+    return out
+
+
+def _rows(twin, first, *rest):
+    """Row-wise kernel over (rows, n) arrays; output allocated once, like ``first``."""
+    out = np.empty_like(first)
+    if out.size:
+        _run(twin, first.size, first, *rest, out)
+    return out
 
 
 class NumbaBackend(ReferenceBackend):
     name = "numba"
+
+    # ------------------------------------------------------------------ layers
+    @op("layers")
+    def linear(self, x, weight, bias):
+        out = np.dot(x, weight.T)
+        if bias is not None:
+            _run(K.add_bias, out.size, out, bias)
+        return out
+
+    @op("layers")
+    def linear_backward(self, grad_out, x, weight, has_bias):
+        grad_x = np.dot(grad_out, weight)
+        grad_weight = np.dot(grad_out.T, x)
+        grad_bias = None
+        if has_bias:
+            grad_bias = _run(K.column_sum, grad_out.size, grad_out,
+                             chunked=True).astype(grad_out.dtype)
+        return grad_x, grad_weight, grad_bias
+
+    @op("layers")
+    def relu(self, x):
+        return _map(K.relu, x)
+
+    @op("layers")
+    def relu_backward(self, grad_out, x):
+        return _map(K.relu_backward, grad_out, x)
+
+    @op("layers")
+    def sigmoid(self, x):
+        return _map(K.sigmoid, x)
+
+    @op("layers")
+    def sigmoid_backward(self, grad_out, y):
+        return _map(K.sigmoid_backward, grad_out, y)
+
+    @op("layers")
+    def tanh(self, x):
+        return _map(K.tanh, x)
+
+    @op("layers")
+    def tanh_backward(self, grad_out, y):
+        return _map(K.tanh_backward, grad_out, y)
+
+    @op("layers")
+    def softmax(self, x):
+        return _rows(K.softmax, x)
+
+    @op("layers")
+    def softmax_backward(self, grad_out, y):
+        return _rows(K.softmax_backward, grad_out, y)
+
+    @op("layers")
+    def log_softmax(self, x):
+        return _rows(K.log_softmax, x)
+
+    @op("layers")
+    def log_softmax_backward(self, grad_out, y):
+        return _rows(K.log_softmax_backward, grad_out, y)
+
+    # ------------------------------------------------------------------ losses
+    @op("losses")
+    def mse_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _map(K.squared_error, input, target)
+        total = _run(K.squared_error_sum, input.size, input.reshape(-1), target.reshape(-1))
+        if reduction == "sum":
+            return float(total)
+        return float(total / input.size) if input.size else float("nan")
+
+    @op("losses")
+    def mse_loss_grad(self, input, target, reduction):
+        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        return _map(K.scaled_difference, input, target, input.dtype.type(scale))
+
+    @staticmethod
+    def _ce_weights(input, target, weight, ignore_index):
+        """(per-class weights, their float64 sum, float64 sum of the kept targets' weights)."""
+        w = np.ones(input.shape[1], input.dtype) if weight is None else weight
+        return w, float(w.sum(dtype=np.float64)), K.target_weight_sum(target, w, ignore_index)
+
+    @op("losses")
+    def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        w, wsum, kept = self._ce_weights(input, target, weight, ignore_index)
+        loss = np.empty(input.shape[0], input.dtype)
+        _run(K.cross_entropy_rows, input.size, input, target, w, wsum, ignore_index,
+             float(label_smoothing), loss)
+        return _reduce(loss, reduction, count=kept)
+
+    @op("losses")
+    def cross_entropy_grad(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        w, wsum, kept = self._ce_weights(input, target, weight, ignore_index)
+        with np.errstate(divide="ignore"):
+            coef = float(np.float64(1.0) / kept) if reduction == "mean" else 1.0
+        grad = np.empty_like(input)
+        _run(K.cross_entropy_grad_rows, input.size, input, target, w, wsum, ignore_index,
+             float(label_smoothing), coef, grad)
+        return grad
+
+    # ------------------------------------------------------------------- optim
+    @op("optim")
+    def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize):
+        t = param.dtype.type
+        has_momentum = momentum != 0
+        buf = momentum_buffer if has_momentum else param  # placeholder, never touched
+        _run(K.sgd, param.size, param.reshape(-1), grad.reshape(-1), buf.reshape(-1),
+             t(lr), t(momentum), t(1 - dampening), t(weight_decay), t(-1 if maximize else 1),
+             weight_decay != 0, has_momentum, step == 1, bool(nesterov))
+
+    @op("optim")
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+                  beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay):
+        t = param.dtype.type
+        decoupled = decoupled_weight_decay and weight_decay != 0
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        vmax = max_exp_avg_sq if amsgrad else exp_avg_sq  # placeholder when unused
+        _run(K.adam, param.size, param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1),
+             exp_avg_sq.reshape(-1), vmax.reshape(-1),
+             t(-1 if maximize else 1), t(1 - lr * weight_decay if decoupled else 1),
+             t(weight_decay), t(1 - beta1), t(beta2), t(1 - beta2),
+             t(lr / bias_correction1), t(bias_correction2_sqrt), t(eps),
+             weight_decay != 0 and not decoupled_weight_decay, bool(amsgrad))
+
+    # ----------------------------------------------------------- preprocessing
+    @op("preprocessing")
+    def column_stats(self, X):
+        return _run(K.column_stats, X.size, X, chunked=True)
+
+    @op("preprocessing")
+    def standardize(self, X, offset, scale):
+        return _rows(K.standardize, X, offset, scale)
+
+    @op("preprocessing")
+    def unstandardize(self, X, offset, scale):
+        return _rows(K.unstandardize, X, offset, scale)

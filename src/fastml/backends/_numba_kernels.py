@@ -1,0 +1,512 @@
+"""njit kernels of the numba CPU backend (the dispatch lives in ``numba_cpu``).
+
+Kernels get C-contiguous arrays of one float dtype, already validated, and
+never allocate their outputs (except the per-chunk partials of reductions).
+Reductions accumulate in float64. Constants are made with ``x.dtype.type``
+so float32 kernels do float32 math, as the reference and PyTorch do.
+``error_model='numpy'``: a float division by zero gives inf/NaN, not an
+exception. Nothing compiles at import: numba compiles on first call.
+
+Kernels written with ``prange`` come as a :class:`Twin`: a serial dispatcher
+(prange runs as range) for small inputs and a ``parallel=True`` one for big
+inputs. Reductions take ``nchunks``: the rows are split into that many chunks
+whose partial results are merged, so the serial twin runs with one chunk.
+"""
+from __future__ import annotations
+
+from types import FunctionType
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+
+def _cache_probe():
+    """Decorated with cache=True below only to ask numba for a cache locator."""
+
+
+def _cache_usable() -> bool:
+    # numba raises at decoration time when no cache directory is writable; a
+    # read-only install then runs without the disk cache instead of failing.
+    try:
+        njit(cache=True)(_cache_probe)
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+# Compiled kernels are cached on disk in backends/__pycache__ next to this
+# file when it is writable, else in NUMBA_CACHE_DIR or the user cache dir
+# (~/.cache/numba); with none writable, CACHE is False and kernels recompile per process.
+CACHE = _cache_usable()
+_OPTS = dict(cache=CACHE, nogil=True, error_model="numpy")
+kernel = njit(**_OPTS)
+
+
+class Twin(NamedTuple):
+    serial: object
+    parallel: object
+
+
+def twin(fn) -> Twin:
+    """Serial and parallel dispatchers of one kernel body.
+
+    The parallel one compiles a renamed copy of ``fn``: numba's disk cache
+    keys on the function's name and bytecode, not on ``parallel=``, so the
+    twins would otherwise overwrite each other's cache entries.
+    """
+    par = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                             fn.__defaults__, fn.__closure__)
+    par.__qualname__ = fn.__qualname__ + "_parallel"
+    par.__module__ = fn.__module__
+    return Twin(njit(**_OPTS)(fn), njit(parallel=True, **_OPTS)(par))
+
+
+# ------------------------------------------------ float32 exp and tanh
+# libm's expf/tanhf are scalar calls that block vectorization (numba has no
+# SVML here), about 10x slower than NumPy's SIMD loops. These branch-free
+# Cephes versions vectorize; max error ~1 ulp (max rel. 8e-8 measured), NaN/inf
+# and subnormal results as libm. float64 keeps libm (np.exp, np.tanh).
+@intrinsic
+def _f32_from_bits(typingctx, i):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@kernel
+def _pow2_f32(n):
+    """2.0**n for integer-valued float32 n in [-150, 128], as two normal factors."""
+    ni = np.int32(n)
+    half = ni >> np.int32(1)
+    return (_f32_from_bits((half + np.int32(127)) << np.int32(23))
+            * _f32_from_bits((ni - half + np.int32(127)) << np.int32(23)))
+
+
+@kernel
+def _exp_f32(x):
+    f = np.float32
+    n = np.floor(x * f(1.4426950408889634) + f(0.5))
+    r = x - n * f(0.693359375) - n * f(-2.12194440e-4)  # ln2 split in two: exact n*hi
+    p = ((((f(1.9875691500e-4) * r + f(1.3981999507e-3)) * r + f(8.3334519073e-3)) * r
+          + f(4.1665795894e-2)) * r + f(1.6666665459e-1)) * r + f(5.0000001201e-1)
+    p = p * (r * r) + r + f(1.0)
+    res = p * _pow2_f32(min(max(n, f(-150.0)), f(128.0)))
+    res = f(np.inf) if x > f(88.72284) else res
+    res = f(0.0) if x < f(-103.972) else res
+    return x if x != x else res
+
+
+@kernel
+def _tanh_f32(x):
+    f = np.float32
+    a = abs(x)
+    z = x * x
+    small = ((((f(-5.70498872745e-3) * z + f(2.06390887954e-2)) * z - f(5.37397155531e-2)) * z
+              + f(1.33314422036e-1)) * z - f(3.33332819422e-1)) * z * x + x
+    big = f(1.0) - f(2.0) / (_exp_f32(a + a) + f(1.0))
+    big = -big if x < f(0.0) else big
+    return big if a >= f(0.625) else small  # NaN takes the small branch: NaN
+
+
+def fexp(x):
+    """exp in the argument's precision: the vectorizable float32 one, or libm."""
+    return np.exp(x)
+
+
+def ftanh(x):
+    """tanh in the argument's precision: the vectorizable float32 one, or libm."""
+    return np.tanh(x)
+
+
+@overload(fexp)
+def _fexp(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: np.exp(x)
+
+
+@overload(ftanh)
+def _ftanh(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: np.tanh(x)
+
+
+# ---------------------------------------------------------------- linear
+@twin
+def add_bias(out, bias):
+    """out (rows, F) += bias (F,), in place."""
+    for r in prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[r, j] += bias[j]
+
+
+@twin
+def column_sum(a, nchunks):
+    """float64 column sums of a (rows, F), rows read in order."""
+    rows, f = a.shape
+    part = np.zeros((nchunks, f))
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        acc = part[k]
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            for j in range(f):
+                acc[j] += a[r, j]
+    total = part[0]
+    for k in range(1, nchunks):
+        total += part[k]
+    return total
+
+
+# ----------------------------------------------------------- element-wise
+@twin
+def relu(x, out):
+    zero = x.dtype.type(0)
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = zero if v <= zero else v  # NaN <= 0 is False: NaN passes
+
+
+@twin
+def relu_backward(g, x, out):
+    zero = x.dtype.type(0)
+    for i in prange(x.size):
+        out[i] = zero if x[i] <= zero else g[i]
+
+
+@twin
+def sigmoid(x, out):
+    one = x.dtype.type(1)
+    for i in prange(x.size):
+        out[i] = one / (one + fexp(-x[i]))
+
+
+@twin
+def sigmoid_backward(g, y, out):
+    one = y.dtype.type(1)
+    for i in prange(y.size):
+        out[i] = g[i] * (one - y[i]) * y[i]
+
+
+@twin
+def tanh(x, out):
+    for i in prange(x.size):
+        out[i] = ftanh(x[i])
+
+
+@twin
+def tanh_backward(g, y, out):
+    one = y.dtype.type(1)
+    for i in prange(y.size):
+        out[i] = g[i] * (one - y[i] * y[i])
+
+
+# --------------------------------------------------------------- row-wise
+@kernel
+def _row_max(xr):
+    """max of a non-empty row; NaN if the row holds one (as np.max)."""
+    m = xr[0]
+    for j in range(1, xr.size):
+        v = xr[j]
+        if v > m or v != v:
+            m = v
+            if v != v:
+                break
+    return m
+
+
+@njit(cache=CACHE, nogil=True, fastmath={"reassoc"})
+def _sum64(a):
+    """float64 sum of a row; reassociation (no finite-math assumption) lets it vectorize."""
+    s = 0.0
+    for j in range(a.size):
+        s += a[j]
+    return s
+
+
+@kernel
+def _exp_shifted(xr, m, out):
+    """out = exp(x - m): a loop of its own so that it vectorizes."""
+    for j in range(xr.size):
+        out[j] = fexp(xr[j] - m)
+
+
+@kernel
+def log_softmax_row(xr, out):
+    """Two-pass log-softmax of one non-empty row: the reference formula exactly."""
+    m = _row_max(xr)
+    _exp_shifted(xr, m, out)
+    lse = xr.dtype.type(np.log(_sum64(out)))
+    for j in range(xr.size):
+        out[j] = (xr[j] - m) - lse
+
+
+@twin
+def softmax(x, out):
+    for r in prange(x.shape[0]):
+        xr, o = x[r], out[r]
+        m = _row_max(xr)
+        _exp_shifted(xr, m, o)
+        s = _sum64(o)
+        inv = xr.dtype.type(1.0 / s)
+        for j in range(xr.size):
+            o[j] *= inv
+
+
+@twin
+def log_softmax(x, out):
+    for r in prange(x.shape[0]):
+        log_softmax_row(x[r], out[r])
+
+
+@twin
+def softmax_backward(g, y, out):
+    for r in prange(y.shape[0]):
+        gr, yr, o = g[r], y[r], out[r]
+        dot = 0.0
+        for j in range(yr.size):
+            dot += gr[j] * yr[j]
+        d = yr.dtype.type(dot)
+        for j in range(yr.size):
+            o[j] = yr[j] * (gr[j] - d)
+
+
+@twin
+def log_softmax_backward(g, y, out):
+    for r in prange(y.shape[0]):
+        gr, yr, o = g[r], y[r], out[r]
+        total = 0.0
+        for j in range(yr.size):
+            total += gr[j]
+        t = yr.dtype.type(total)
+        for j in range(yr.size):
+            o[j] = gr[j] - fexp(yr[j]) * t
+
+
+# ----------------------------------------------------------------- losses
+@twin
+def squared_error(a, b, out):
+    for i in prange(a.size):
+        d = a[i] - b[i]
+        out[i] = d * d
+
+
+@twin
+def squared_error_sum(a, b):
+    acc = 0.0
+    for i in prange(a.size):
+        d = a[i] - b[i]
+        acc += d * d  # squared in the input dtype, summed in float64
+    return acc
+
+
+@twin
+def scaled_difference(a, b, scale, out):
+    for i in prange(a.size):
+        out[i] = (a[i] - b[i]) * scale
+
+
+@kernel
+def target_weight_sum(target, w, ignore_index):
+    """float64 sum of w[target] over the rows not ignored."""
+    total = 0.0
+    for t in target:
+        if t != ignore_index:
+            total += w[t]
+    return total
+
+
+@kernel
+def _online_lse(xr, w, smoothing):
+    """One pass over a row: running max m and sum s of exp(x - m) (rescaled when
+    the max grows), so logsumexp = m + log(s); with ``smoothing`` also
+    sum_c w[c] * (x[c] - x[0]), float64 (x[0] is a fixed pivot against cancellation)."""
+    m = xr[0]
+    s = 1.0
+    wx = 0.0
+    x0 = np.float64(xr[0])
+    for c in range(1, xr.size):
+        v = xr[c]
+        if v > m:
+            s = s * fexp(m - v) + 1.0
+            m = v
+        else:
+            s += fexp(v - m)
+        if smoothing:
+            wx += w[c] * (np.float64(v) - x0)
+    return m, s, wx
+
+
+@twin
+def cross_entropy_rows(x, target, w, wsum, ignore_index, ls, out):
+    """Per-row loss (1-ls)*w[t]*(lse - x[t]) + ls/C*sum_c w[c]*(lse - x[c]) into out."""
+    n, c = x.shape
+    smoothing = ls > 0.0
+    for i in prange(n):
+        t = target[i]
+        if t == ignore_index:
+            out[i] = 0.0
+            continue
+        xr = x[i]
+        wt = np.float64(w[t])
+        m, s, wx = _online_lse(xr, w, smoothing)
+        log_s = np.log(s)
+        loss = (1.0 - ls) * wt * (np.float64(m - xr[t]) + log_s)
+        if smoothing:
+            # sum_c w[c] * (m + log_s - x[c]) with x[c] = x[0] + (x[c] - x[0])
+            shift = np.float64(m) - np.float64(xr[0])
+            loss += ls / c * (wsum * (shift + log_s) - wx)
+        if not np.isfinite(loss):
+            # NaN/inf logits: the exact two-pass formula, as the reference.
+            logp = np.empty_like(xr)
+            log_softmax_row(xr, logp)
+            loss = (1.0 - ls) * (-logp[t] * w[t])
+            if smoothing:
+                smooth = 0.0
+                for j in range(c):
+                    smooth -= logp[j] * w[j]
+                loss += ls / c * smooth
+        out[i] = loss
+
+
+@twin
+def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
+    """coef * ((1-ls)*w[t]*(p - onehot(t)) + ls/C*(sum(w)*p - w)) per row into out."""
+    n, c = x.shape
+    for i in prange(n):
+        t = target[i]
+        o = out[i]
+        if t == ignore_index:
+            o[:] = 0.0  # exactly 0, even when 'mean' divides by a zero weight sum
+            continue
+        src = x[i]
+        m, s, _ = _online_lse(src, w, False)
+        inv_s = 1.0 / s
+        if not (np.isfinite(m) and np.isfinite(inv_s) and inv_s > 0.0):
+            # NaN/inf logits: exact log-probabilities into the output row,
+            # then p = exp(logp - 0) * 1 below.
+            log_softmax_row(src, o)
+            src, m, inv_s = o, src.dtype.type(0), 1.0
+        a = (1.0 - ls) * w[t]
+        b = ls / c
+        for j in range(c):
+            p = fexp(src[j] - m) * inv_s
+            g = b * (wsum * p - w[j])
+            if j == t:
+                g += a * (p - 1.0)
+            else:
+                g += a * p
+            o[j] = g * coef
+
+
+# ------------------------------------------------------------------ optim
+@twin
+def sgd(param, grad, buf, lr, momentum, damp1, wd, sign, has_wd, has_momentum,
+        first_step, nesterov):
+    """torch's single-tensor SGD; scalars come in the param dtype, damp1 = 1 - dampening."""
+    for i in prange(param.size):
+        g = grad[i] * sign
+        if has_wd:
+            g = g + wd * param[i]
+        if has_momentum:
+            b = g if first_step else buf[i] * momentum + damp1 * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = param[i] - lr * g
+
+
+@twin
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, sign, decay, wd, beta1c, beta2,
+         beta2c, step_size, bc2_sqrt, eps, coupled_wd, amsgrad):
+    """torch's single-tensor Adam/AdamW; scalars in the param dtype:
+    decay = 1 - lr*wd (decoupled, else 1), beta1c = 1 - beta1, beta2c = 1 - beta2."""
+    for i in prange(param.size):
+        p = param[i] * decay
+        g = grad[i] * sign
+        if coupled_wd:
+            g = g + wd * p
+        m = exp_avg[i]
+        m = m + beta1c * (g - m)
+        exp_avg[i] = m
+        v = exp_avg_sq[i] * beta2 + beta2c * g * g
+        exp_avg_sq[i] = v
+        if amsgrad:
+            vmax = max_exp_avg_sq[i]
+            if not (vmax >= v or vmax != vmax):  # np.maximum: NaN wins
+                vmax = v
+            max_exp_avg_sq[i] = vmax
+            v = vmax
+        param[i] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
+
+
+# ---------------------------------------------------------- preprocessing
+_BLOCK = 4096  # elements per block of rows in column_stats: fits in L1/L2
+
+
+@kernel
+def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.'s merge of column statistics (a += b), skipping empty b.
+    The mean is a weighted average (not a + delta) so infinite means stay inf."""
+    for j in range(n_a.size):
+        nb = n_b[j]
+        if nb == 0.0:
+            continue
+        na = n_a[j]
+        n = na + nb
+        delta = mean_b[j] - mean_a[j]
+        m2_a[j] += m2_b[j] + delta * delta * (na * nb / n)
+        mean_a[j] = (na * mean_a[j] + nb * mean_b[j]) / n
+        n_a[j] = n
+
+
+@twin
+def column_stats(X, nchunks):
+    """NaN-ignoring (count, mean, M2) per column, float64; one row-major pass
+    over X, in blocks small enough to stay in cache for their second look."""
+    rows, f = X.shape
+    cnt = np.zeros((nchunks, f))
+    mean = np.zeros((nchunks, f))
+    m2 = np.zeros((nchunks, f))
+    per = (rows + nchunks - 1) // nchunks
+    block = max(1, _BLOCK // max(f, 1))
+    for k in prange(nchunks):
+        bc, bs, bm2 = np.empty(f), np.empty(f), np.empty(f)
+        for lo in range(k * per, min(rows, (k + 1) * per), block):
+            hi = min(lo + block, (k + 1) * per, rows)
+            bc[:] = 0.0
+            bs[:] = 0.0
+            bm2[:] = 0.0
+            for r in range(lo, hi):
+                for j in range(f):
+                    v = np.float64(X[r, j])
+                    seen = v == v
+                    bc[j] += seen
+                    bs[j] += v if seen else 0.0
+            for j in range(f):
+                bs[j] = bs[j] / bc[j] if bc[j] > 0.0 else 0.0
+            for r in range(lo, hi):
+                for j in range(f):
+                    v = np.float64(X[r, j])
+                    d = v - bs[j]
+                    bm2[j] += d * d if v == v else 0.0
+            _merge(cnt[k], mean[k], m2[k], bc, bs, bm2)
+    for k in range(1, nchunks):
+        _merge(cnt[0], mean[0], m2[0], cnt[k], mean[k], m2[k])
+    return cnt[0], mean[0], m2[0]
+
+
+@twin
+def standardize(X, offset, scale, out):
+    for r in prange(X.shape[0]):
+        for j in range(X.shape[1]):
+            out[r, j] = (np.float64(X[r, j]) - offset[j]) / scale[j]
+
+
+@twin
+def unstandardize(X, offset, scale, out):
+    for r in prange(X.shape[0]):
+        for j in range(X.shape[1]):
+            out[r, j] = np.float64(X[r, j]) * scale[j] + offset[j]

@@ -64,28 +64,43 @@ def twin(fn) -> Twin:
     return Twin(njit(**_OPTS)(fn), njit(parallel=True, **_OPTS)(par))
 
 
-# ------------------------------------------------ float32 exp and tanh
-# libm's expf/tanhf are scalar calls that block vectorization (numba has no
+# ------------------------------------------------------------ exp and tanh
+# libm's exp/tanh are scalar calls that block vectorization (numba has no
 # SVML here), about 10x slower than NumPy's SIMD loops. These branch-free
-# Cephes versions vectorize; max error ~1 ulp (max rel. 8e-8 measured), NaN/inf
-# and subnormal results as libm. float64 keeps libm (np.exp, np.tanh).
+# Cephes versions vectorize. Measured max error: float32 exp and tanh 1 ulp
+# (vs correctly rounded), float64 exp and tanh 2 ulp (vs libm); NaN/inf,
+# overflow and subnormal results as libm.
+# 'contract' only fuses multiply-adds (no finite-math assumption).
+_math = njit(fastmath={"contract"}, **_OPTS)
+
+
 @intrinsic
-def _f32_from_bits(typingctx, i):
+def _from_bits(typingctx, i):
+    """The float of the same width whose bits are the integer i."""
+    ftype = {types.int32: types.float32, types.int64: types.float64}.get(i)
+    if ftype is None:
+        return None
+
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
+        return builder.bitcast(args[0], context.get_value_type(ftype))
+    return ftype(i), codegen
 
 
-@kernel
-def _pow2_f32(n):
-    """2.0**n for integer-valued float32 n in [-150, 128], as two normal factors."""
-    ni = np.int32(n)
-    half = ni >> np.int32(1)
-    return (_f32_from_bits((half + np.int32(127)) << np.int32(23))
-            * _f32_from_bits((ni - half + np.int32(127)) << np.int32(23)))
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """llvm.maxnum: the larger, ignoring a NaN; unlike a compare-and-select,
+    a loop of it vectorizes without fast-math flags."""
+    if a != b or a not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        t = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
+        return builder.call(fn, args)
+    return a(a, b), codegen
 
 
-@kernel
+@_math
 def _exp_f32(x):
     f = np.float32
     n = np.floor(x * f(1.4426950408889634) + f(0.5))
@@ -93,13 +108,39 @@ def _exp_f32(x):
     p = ((((f(1.9875691500e-4) * r + f(1.3981999507e-3)) * r + f(8.3334519073e-3)) * r
           + f(4.1665795894e-2)) * r + f(1.6666665459e-1)) * r + f(5.0000001201e-1)
     p = p * (r * r) + r + f(1.0)
-    res = p * _pow2_f32(min(max(n, f(-150.0)), f(128.0)))
+    # 2**n as two normal factors, applied one after the other: one rounding
+    # for subnormal results.
+    ni = np.int32(min(max(n, f(-152.0)), f(128.0)))
+    half = ni >> np.int32(1)
+    i32 = np.int32  # numba widens int32 arithmetic to int64: narrow it back
+    res = (p * _from_bits(i32((half + i32(127)) << i32(23)))
+           * _from_bits(i32((ni - half + i32(127)) << i32(23))))
     res = f(np.inf) if x > f(88.72284) else res
-    res = f(0.0) if x < f(-103.972) else res
+    res = f(0.0) if x < f(-104.0) else res
     return x if x != x else res
 
 
-@kernel
+@_math
+def _exp_f64(x):
+    f = np.float64
+    n = np.floor(x * 1.4426950408889634 + 0.5)
+    r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6  # exact n*hi
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+              + 9.99999999999999999910e-1)
+    q = (((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+          + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0)
+    p = 1.0 + 2.0 * (px / (q - px))
+    ni = np.int64(min(max(n, f(-1080.0)), f(1025.0)))
+    half = ni >> np.int64(1)
+    res = (p * _from_bits((half + np.int64(1023)) << np.int64(52))
+           * _from_bits((ni - half + np.int64(1023)) << np.int64(52)))
+    res = np.inf if x > 709.782712893384 else res
+    res = 0.0 if x < -746.0 else res
+    return x if x != x else res
+
+
+@_math
 def _tanh_f32(x):
     f = np.float32
     a = abs(x)
@@ -111,28 +152,37 @@ def _tanh_f32(x):
     return big if a >= f(0.625) else small  # NaN takes the small branch: NaN
 
 
+@_math
+def _tanh_f64(x):
+    a = abs(x)
+    z = x * x
+    small = x + x * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                          - 1.61468768441708447952e3)
+                         / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                            + 4.84406305325125486048e3))
+    big = 1.0 - 2.0 / (_exp_f64(a + a) + 1.0)
+    big = -big if x < 0.0 else big
+    return big if a >= 0.625 else small  # NaN takes the small branch: NaN
+
+
 def fexp(x):
-    """exp in the argument's precision: the vectorizable float32 one, or libm."""
+    """exp in the argument's precision, vectorizable."""
     return np.exp(x)
 
 
 def ftanh(x):
-    """tanh in the argument's precision: the vectorizable float32 one, or libm."""
+    """tanh in the argument's precision, vectorizable."""
     return np.tanh(x)
 
 
 @overload(fexp)
 def _fexp(x):
-    if x == types.float32:
-        return lambda x: _exp_f32(x)
-    return lambda x: np.exp(x)
+    return (lambda x: _exp_f32(x)) if x == types.float32 else (lambda x: _exp_f64(x))
 
 
 @overload(ftanh)
 def _ftanh(x):
-    if x == types.float32:
-        return lambda x: _tanh_f32(x)
-    return lambda x: np.tanh(x)
+    return (lambda x: _tanh_f32(x)) if x == types.float32 else (lambda x: _tanh_f64(x))
 
 
 # ---------------------------------------------------------------- linear
@@ -205,22 +255,60 @@ def tanh_backward(g, y, out):
 
 
 # --------------------------------------------------------------- row-wise
+# Each pass over a row is a loop of its own so that it vectorizes. Sums of a
+# row are marked 'reassoc' (no finite-math assumption): only then may LLVM
+# split them into vector lanes, which also bounds their rounding error like
+# NumPy's pairwise sum. Sums of exp(x - max) accumulate in the input dtype,
+# as the reference's ``np.exp(shifted).sum()`` (a float64 accumulator would
+# halve the vector width); other sums in float64. The row max is
+# llvm.maxnum, which skips NaN; the callers still give NaN for a row with NaN
+# (or +inf, or only -inf) because its sum of exp(x - max) is NaN, as in the
+# reference.
+_sum_kernel = njit(fastmath={"reassoc"}, **_OPTS)
+
+
+# Loops over xr[lo:hi] count in unsigned integers: a signed index costs a
+# negative-index check per element, which turns vector loads into gathers.
 @kernel
-def _row_max(xr):
-    """max of a non-empty row; NaN if the row holds one (as np.max)."""
-    m = xr[0]
-    for j in range(1, xr.size):
-        v = xr[j]
-        if v > m or v != v:
-            m = v
-            if v != v:
-                break
+def _row_max(xr, lo, hi):
+    """max of xr[lo:hi] (non-empty), ignoring NaN."""
+    m = xr[lo]
+    for j in range(np.uint64(lo + 1), np.uint64(hi)):
+        m = _maxnum(m, xr[j])
     return m
 
 
-@njit(cache=CACHE, nogil=True, fastmath={"reassoc"})
+@_sum_kernel
+def _exp_sum(xr, lo, hi, m):
+    """Sum of exp(x - m) over xr[lo:hi]."""
+    s = xr.dtype.type(0)
+    for j in range(np.uint64(lo), np.uint64(hi)):
+        s += fexp(xr[j] - m)
+    return s
+
+
+@_sum_kernel
+def _exp_shifted(xr, m, out):
+    """out = exp(x - m); returns the sum of out."""
+    s = xr.dtype.type(0)
+    for j in range(xr.size):
+        e = fexp(xr[j] - m)
+        out[j] = e
+        s += e
+    return s
+
+
+@_sum_kernel
+def _dot64(a, b):
+    """float64 sum of a*b (products in the input dtype)."""
+    s = 0.0
+    for j in range(a.size):
+        s += a[j] * b[j]
+    return s
+
+
+@_sum_kernel
 def _sum64(a):
-    """float64 sum of a row; reassociation (no finite-math assumption) lets it vectorize."""
     s = 0.0
     for j in range(a.size):
         s += a[j]
@@ -228,18 +316,10 @@ def _sum64(a):
 
 
 @kernel
-def _exp_shifted(xr, m, out):
-    """out = exp(x - m): a loop of its own so that it vectorizes."""
-    for j in range(xr.size):
-        out[j] = fexp(xr[j] - m)
-
-
-@kernel
 def log_softmax_row(xr, out):
-    """Two-pass log-softmax of one non-empty row: the reference formula exactly."""
-    m = _row_max(xr)
-    _exp_shifted(xr, m, out)
-    lse = xr.dtype.type(np.log(_sum64(out)))
+    """Two-pass log-softmax of one non-empty row: the reference formula."""
+    m = _row_max(xr, 0, xr.size)
+    lse = np.log(_exp_sum(xr, 0, xr.size, m))
     for j in range(xr.size):
         out[j] = (xr[j] - m) - lse
 
@@ -248,10 +328,8 @@ def log_softmax_row(xr, out):
 def softmax(x, out):
     for r in prange(x.shape[0]):
         xr, o = x[r], out[r]
-        m = _row_max(xr)
-        _exp_shifted(xr, m, o)
-        s = _sum64(o)
-        inv = xr.dtype.type(1.0 / s)
+        s = _exp_shifted(xr, _row_max(xr, 0, xr.size), o)
+        inv = xr.dtype.type(1) / s
         for j in range(xr.size):
             o[j] *= inv
 
@@ -266,10 +344,7 @@ def log_softmax(x, out):
 def softmax_backward(g, y, out):
     for r in prange(y.shape[0]):
         gr, yr, o = g[r], y[r], out[r]
-        dot = 0.0
-        for j in range(yr.size):
-            dot += gr[j] * yr[j]
-        d = yr.dtype.type(dot)
+        d = yr.dtype.type(_dot64(gr, yr))
         for j in range(yr.size):
             o[j] = yr[j] * (gr[j] - d)
 
@@ -278,10 +353,7 @@ def softmax_backward(g, y, out):
 def log_softmax_backward(g, y, out):
     for r in prange(y.shape[0]):
         gr, yr, o = g[r], y[r], out[r]
-        total = 0.0
-        for j in range(yr.size):
-            total += gr[j]
-        t = yr.dtype.type(total)
+        t = yr.dtype.type(_sum64(gr))
         for j in range(yr.size):
             o[j] = gr[j] - fexp(yr[j]) * t
 
@@ -319,25 +391,42 @@ def target_weight_sum(target, w, ignore_index):
     return total
 
 
+# Elements per block of the online log-sum-exp: the block stays in L1 (8 KiB
+# of float32) between its two looks, and is long enough to amortize the
+# horizontal reductions that end each vector loop.
+_LSE_BLOCK = 2048
+
+
 @kernel
-def _online_lse(xr, w, smoothing):
-    """One pass over a row: running max m and sum s of exp(x - m) (rescaled when
-    the max grows), so logsumexp = m + log(s); with ``smoothing`` also
-    sum_c w[c] * (x[c] - x[0]), float64 (x[0] is a fixed pivot against cancellation)."""
-    m = xr[0]
-    s = 1.0
-    wx = 0.0
+def _online_lse(xr):
+    """Blocked online log-sum-exp of a non-empty row, in one pass over memory:
+    running max m and float64 sum s of exp(x - m), so logsumexp = m + log(s).
+    Per block the max and the exp-sum are vectorized loops over data in L1;
+    s is rescaled (one exp) only when a block raises the max. A row of one
+    block gets the exact two-pass formula. Not finite (NaN or inf in s or m)
+    when the row holds NaN or inf."""
+    c = xr.size
+    hi = min(c, _LSE_BLOCK)
+    m = _row_max(xr, 0, hi)
+    s = np.float64(_exp_sum(xr, 0, hi, m))
+    for lo in range(hi, c, _LSE_BLOCK):
+        hi = min(lo + _LSE_BLOCK, c)
+        bm = _row_max(xr, lo, hi)
+        if bm > m:
+            s *= np.float64(fexp(m - bm))
+            m = bm
+        s += _exp_sum(xr, lo, hi, m)
+    return m, s
+
+
+@_sum_kernel
+def _weighted_offsets(xr, w):
+    """float64 sum_c w[c] * (x[c] - x[0]); x[0] is a pivot against cancellation."""
     x0 = np.float64(xr[0])
-    for c in range(1, xr.size):
-        v = xr[c]
-        if v > m:
-            s = s * fexp(m - v) + 1.0
-            m = v
-        else:
-            s += fexp(v - m)
-        if smoothing:
-            wx += w[c] * (np.float64(v) - x0)
-    return m, s, wx
+    s = 0.0
+    for j in range(xr.size):
+        s += w[j] * (np.float64(xr[j]) - x0)
+    return s
 
 
 @twin
@@ -352,30 +441,32 @@ def cross_entropy_rows(x, target, w, wsum, ignore_index, ls, out):
             continue
         xr = x[i]
         wt = np.float64(w[t])
-        m, s, wx = _online_lse(xr, w, smoothing)
+        m, s = _online_lse(xr)
         log_s = np.log(s)
         loss = (1.0 - ls) * wt * (np.float64(m - xr[t]) + log_s)
         if smoothing:
-            # sum_c w[c] * (m + log_s - x[c]) with x[c] = x[0] + (x[c] - x[0])
+            # sum_c w[c] * (m + log_s - x[c]) with x[c] = x[0] + (x[c] - x[0]);
+            # the row is still in L1 for this second look.
             shift = np.float64(m) - np.float64(xr[0])
-            loss += ls / c * (wsum * (shift + log_s) - wx)
+            loss += ls / c * (wsum * (shift + log_s) - _weighted_offsets(xr, w))
         if not np.isfinite(loss):
             # NaN/inf logits: the exact two-pass formula, as the reference.
             logp = np.empty_like(xr)
             log_softmax_row(xr, logp)
             loss = (1.0 - ls) * (-logp[t] * w[t])
             if smoothing:
-                smooth = 0.0
-                for j in range(c):
-                    smooth -= logp[j] * w[j]
-                loss += ls / c * smooth
+                loss -= ls / c * _dot64(logp, w)
         out[i] = loss
 
 
 @twin
 def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
-    """coef * ((1-ls)*w[t]*(p - onehot(t)) + ls/C*(sum(w)*p - w)) per row into out."""
+    """coef * ((1-ls)*w[t]*(p - onehot(t)) + ls/C*(sum(w)*p - w)) per row into out,
+    in the input dtype and in the reference's order of operations (so that
+    also inf/NaN from coef = 1/0 land where the reference puts them)."""
     n, c = x.shape
+    f = x.dtype.type
+    b, ws, cf = f(ls / c), f(wsum), f(coef)
     for i in prange(n):
         t = target[i]
         o = out[i]
@@ -383,23 +474,20 @@ def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
             o[:] = 0.0  # exactly 0, even when 'mean' divides by a zero weight sum
             continue
         src = x[i]
-        m, s, _ = _online_lse(src, w, False)
+        m, s = _online_lse(src)
         inv_s = 1.0 / s
         if not (np.isfinite(m) and np.isfinite(inv_s) and inv_s > 0.0):
             # NaN/inf logits: exact log-probabilities into the output row,
             # then p = exp(logp - 0) * 1 below.
             log_softmax_row(src, o)
-            src, m, inv_s = o, src.dtype.type(0), 1.0
-        a = (1.0 - ls) * w[t]
-        b = ls / c
+            src, m, inv_s = o, f(0), 1.0
+        a = f(1.0 - ls) * w[t]
+        inv = f(inv_s)
+        pt = fexp(src[t] - m) * inv  # before src (maybe o) is overwritten
         for j in range(c):
-            p = fexp(src[j] - m) * inv_s
-            g = b * (wsum * p - w[j])
-            if j == t:
-                g += a * (p - 1.0)
-            else:
-                g += a * p
-            o[j] = g * coef
+            p = fexp(src[j] - m) * inv
+            o[j] = (a * p + b * (ws * p - w[j])) * cf
+        o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
 
 
 # ------------------------------------------------------------------ optim

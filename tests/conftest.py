@@ -6,9 +6,14 @@ makes any reference fallback of an accelerated backend an error, so a
 property test can never pass because the reference ran twice.
 """
 import os
+import sys
 
 if os.environ.get("FASTML_TEST_GPU", "") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    # The simulator runs one Python thread per CUDA thread and syncs them often;
+    # a short switch interval makes its kernels several times faster.
+    sys.setswitchinterval(1e-4)
 os.environ.setdefault("FASTML_STRICT", "1")
 
 from hypothesis import HealthCheck, settings  # noqa: E402

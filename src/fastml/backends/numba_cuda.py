@@ -1,5 +1,225 @@
-"""CUDA backend: numba.cuda kernels overriding the reference ops."""
+"""CUDA backend: numba.cuda kernels (in ``_cuda_kernels``) for every reference op.
+
+Data movement: NumPy arrays in -> NumPy arrays out (copied to the device and
+back); arrays with ``__cuda_array_interface__`` in (Numba device arrays,
+CuPy, PyTorch CUDA tensors) -> Numba device arrays out, with no host round
+trip. Optimizer steps update device arrays in place, and copy the updated
+param and state back into NumPy arrays that were passed in.
+
+GEMM: numba.cuda has no cuBLAS binding, so ``linear`` / ``linear_backward``
+run a tiled shared-memory GEMM kernel with the bias add fused; it is correct
+but well below cuBLAS speed on large matrices.
+
+Scalar losses sum per-block float64 partials on the device and add the small
+partials array on the host. Launch configurations come from one cached probe
+of the device; kernels compile once per dtype signature, on first use.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
 from .reference import ReferenceBackend
+
+_F64 = np.dtype(np.float64)
+
+
+def _k():
+    """The kernel module, imported on first use: importing fastml must not import numba.cuda."""
+    from . import _cuda_kernels
+    return _cuda_kernels
+
+
+@functools.cache
+def _launch_limits():
+    """(threads per block for grid-stride kernels, for block reductions, minimum, max blocks)."""
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:  # the simulator runs one Python thread per CUDA thread
+        return 8, 4, 1, 2
+    dev = cuda.get_current_device()
+    return 256, 256, dev.WARP_SIZE, 32 * dev.MULTIPROCESSOR_COUNT
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _launch_1d(kernel, n, *args):
+    """Grid-stride launch over n elements (nothing to do for n == 0)."""
+    if n:
+        tpb, _, _, max_blocks = _launch_limits()
+        kernel[min(_cdiv(n, tpb), max_blocks), tpb](*args)
+
+
+def _launch_rows(kernel, rows, n, *args):
+    """Rows of length n, whole rows per block: a power-of-two block covering the row, capped."""
+    if rows and n:
+        _, red_tpb, min_tpb, max_blocks = _launch_limits()
+        tpb = min(red_tpb, max(min_tpb, 1 << (n - 1).bit_length()))
+        kernel[min(rows, max_blocks), tpb](*args)
+
+
+def _is_device(a) -> bool:
+    return a is not None and not isinstance(a, np.ndarray) and (
+        hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False))
+
+
+def _flat(d):
+    return d.reshape(d.size)
+
+
+class _IO:
+    """Puts one call's inputs on the device and brings results back to where they came from."""
+
+    def __init__(self, *arrays):
+        self.device = any(_is_device(a) for a in arrays)
+
+    @staticmethod
+    def put(a):
+        from numba import cuda
+        if a is None or getattr(a, "__cuda_ndarray__", False):
+            return a
+        if _is_device(a):
+            return cuda.as_cuda_array(a)
+        return cuda.to_device(np.ascontiguousarray(a))
+
+    @staticmethod
+    def empty(shape, dtype):
+        from numba import cuda
+        return cuda.device_array(shape, dtype)
+
+    def get(self, d):
+        return d if self.device else d.copy_to_host()
+
+
+def _consts(dtype, *values):
+    return tuple(dtype.type(v) for v in values)
+
+
+def _sum64(a, b=None):
+    """float64 sum of a (or of (a - b)**2) over a flat device array: device partials, host total."""
+    if a.size == 0:
+        return 0.0
+    _, tpb, _, max_blocks = _launch_limits()
+    blocks = min(_cdiv(a.size, tpb), max_blocks)
+    partials = _IO.empty(blocks, _F64)
+    _k().sum_partials[blocks, tpb](a, a if b is None else b, b is not None, partials)
+    return float(partials.copy_to_host().sum())
+
+
+def _mean(total, count):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(total) / np.float64(count))
+
+
+def _column_grid(n, F):
+    gx = _cdiv(F, _k().COL_X)
+    return gx, max(1, min(_cdiv(n, _k().COL_Y), _launch_limits()[3] // gx))
+
+
+def _col_sum(X, out):
+    """out (F,) = column sums of the device matrix X (n, F), in X's dtype."""
+    n, F = X.shape
+    if F == 0:
+        return
+    k = _k()
+    gx, gy = _column_grid(n, F)
+    zero = X.dtype.type(0)
+    part = _IO.empty((gy, F), X.dtype)
+    k.col_sum_partial[(gx, gy), (k.COL_X, k.COL_Y)](X, part, zero)
+    k.col_sum_partial[(gx, 1), (k.COL_X, k.COL_Y)](part, out.reshape(1, F), zero)
+
+
+def _gemm(a, b, bias, out, trans_a, trans_b):
+    """out = op(a) @ op(b) (+ bias) on device arrays."""
+    if out.size:
+        k = _k()
+        M, N = out.shape
+        # Without a bias any 1-D array of the dtype fills the slot; the kernel ignores it.
+        k.gemm[(_cdiv(M, k.TILE), _cdiv(N, k.TILE)), (k.TILE, k.TILE)](
+            a, b, out[0] if bias is None else bias, out, trans_a, trans_b,
+            bias is not None, out.dtype.type(0))
+
+
+def _map(kernel, const, *arrays):
+    """Element-wise kernel over same-shape arrays -> new array of that shape."""
+    io = _IO(*arrays)
+    out = io.empty(arrays[0].shape, arrays[0].dtype)
+    if out.size:
+        _launch_1d(kernel, out.size, *[_flat(io.put(a)) for a in arrays], _flat(out),
+                   arrays[0].dtype.type(const))
+    return io.get(out)
+
+
+def _softmax(x, log):
+    io = _IO(x)
+    out = io.empty(x.shape, x.dtype)
+    _launch_rows(_k().softmax_rows, *x.shape, io.put(x), out, log,
+                 *_consts(x.dtype, -np.inf, 0, 1))
+    return io.get(out)
+
+
+def _softmax_backward(grad_out, y, log):
+    io = _IO(grad_out, y)
+    out = io.empty(y.shape, y.dtype)
+    _launch_rows(_k().softmax_backward_rows, *y.shape, io.put(grad_out), io.put(y), out, log,
+                 y.dtype.type(0))
+    return io.get(out)
+
+
+def _ce_setup(input, target, weight, ignore_index, reduction, label_smoothing):
+    """Device inputs and typed scalars shared by cross_entropy and its gradient.
+
+    Returns (io, x, t, w, scalars, count); count (sum of the kept rows'
+    target weights) is computed only for reduction='mean'.
+    """
+    k = _k()
+    n, c = input.shape
+    dt = input.dtype
+    io = _IO(input, weight)
+    x, t = io.put(input), io.put(target)
+    w = io.put(weight if weight is not None else np.ones(c, dt))
+    smoothing = label_smoothing > 0
+    if not smoothing:
+        sum_w = 0.0
+    elif weight is None:
+        sum_w = c
+    elif _is_device(weight):
+        sum_w = _sum64(w)
+    else:
+        sum_w = weight.sum()  # in the dtype, as the reference's w.sum()
+    count = None
+    if reduction == "mean" and n:
+        wt = io.empty(n, dt)
+        _launch_1d(k.ce_target_weight, n, t, w, ignore_index, wt, dt.type(0))
+        count = _sum64(wt)
+    scalars = (ignore_index, *_consts(dt, 1 - label_smoothing, label_smoothing / c, sum_w),
+               smoothing)
+    return io, x, t, w, scalars, count
+
+
+def _step(kernel, arrays, *scalars):
+    """Run an in-place update kernel; copy updated state back into NumPy arrays."""
+    param = arrays[0]
+    if param.size == 0:
+        return
+    dev = [_IO.put(a) for a in arrays]
+    # Unused optional state arrays: the param fills the slot (the kernel never touches it).
+    flat = [_flat(d if d is not None else dev[0]) for d in dev]
+    _launch_1d(kernel, param.size, *flat, *scalars)
+    for i, (a, d) in enumerate(zip(arrays, dev)):
+        if i != 1 and a is not None and not _is_device(a):  # all but grad
+            d.copy_to_host(a)
+
+
+def _affine(X, offset, scale, inverse):
+    """(X - offset) / scale, or X * scale + offset when ``inverse``; float64 math, X's dtype."""
+    io = _IO(X, offset, scale)
+    out = io.empty(X.shape, X.dtype)
+    _launch_1d(_k().affine_cols, X.size, io.put(X), io.put(offset), io.put(scale), out,
+               inverse)
+    return io.get(out)
 
 
 class CudaBackend(ReferenceBackend):
@@ -10,3 +230,126 @@ class CudaBackend(ReferenceBackend):
         if cuda.is_available() and not getattr(cuda, "simulator", None):
             return cuda.get_current_device().name
         return "simulator"
+
+    # ------------------------------------------------------------ layers
+    def linear(self, x, weight, bias):
+        io = _IO(x, weight, bias)
+        out = io.empty((x.shape[0], weight.shape[0]), x.dtype)
+        _gemm(io.put(x), io.put(weight), io.put(bias), out, False, True)
+        return io.get(out)
+
+    def linear_backward(self, grad_out, x, weight, has_bias):
+        io = _IO(grad_out, x, weight)
+        g = io.put(grad_out)
+        grad_x = io.empty(x.shape, x.dtype)
+        grad_weight = io.empty(weight.shape, x.dtype)
+        _gemm(g, io.put(weight), None, grad_x, False, False)   # grad_out @ weight
+        _gemm(g, io.put(x), None, grad_weight, True, False)    # grad_out.T @ x
+        grad_bias = None
+        if has_bias:
+            grad_bias = io.empty(weight.shape[0], x.dtype)
+            _col_sum(g, grad_bias)
+            grad_bias = io.get(grad_bias)
+        return io.get(grad_x), io.get(grad_weight), grad_bias
+
+    def relu(self, x):
+        return _map(_k().relu, 0, x)
+
+    def relu_backward(self, grad_out, x):
+        return _map(_k().relu_backward, 0, grad_out, x)
+
+    def sigmoid(self, x):
+        return _map(_k().sigmoid, 1, x)
+
+    def sigmoid_backward(self, grad_out, y):
+        return _map(_k().sigmoid_backward, 1, grad_out, y)
+
+    def tanh(self, x):
+        return _map(_k().tanh, 1, x)
+
+    def tanh_backward(self, grad_out, y):
+        return _map(_k().tanh_backward, 1, grad_out, y)
+
+    def softmax(self, x):
+        return _softmax(x, False)
+
+    def softmax_backward(self, grad_out, y):
+        return _softmax_backward(grad_out, y, False)
+
+    def log_softmax(self, x):
+        return _softmax(x, True)
+
+    def log_softmax_backward(self, grad_out, y):
+        return _softmax_backward(grad_out, y, True)
+
+    # ------------------------------------------------------------ losses
+    def mse_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _map(_k().squared_error, 0, input, target)
+        io = _IO(input, target)
+        total = _sum64(_flat(io.put(input)), _flat(io.put(target))) if input.size else 0.0
+        return total if reduction == "sum" else _mean(total, input.size)
+
+    def mse_loss_grad(self, input, target, reduction):
+        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        return _map(_k().scaled_diff, scale, input, target)
+
+    def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
+        io, x, t, w, scalars, count = _ce_setup(input, target, weight, ignore_index,
+                                                     reduction, label_smoothing)
+        loss = io.empty(input.shape[0], input.dtype)
+        _launch_rows(_k().cross_entropy_rows, *input.shape, x, t, w, *scalars, loss,
+                     *_consts(input.dtype, -np.inf, 0, 1))
+        if reduction == "none":
+            return io.get(loss)
+        total = _sum64(loss)
+        return total if reduction == "sum" else _mean(total, 0.0 if count is None else count)
+
+    def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
+                           label_smoothing):
+        io, x, t, w, scalars, count = _ce_setup(input, target, weight, ignore_index,
+                                                     reduction, label_smoothing)
+        grad = io.empty(input.shape, input.dtype)
+        denom = 1.0 if count is None else count
+        _launch_rows(_k().cross_entropy_grad_rows, *input.shape, x, t, w, *scalars,
+                     input.dtype.type(denom), grad, *_consts(input.dtype, -np.inf, 0, 1))
+        return io.get(grad)
+
+    # ------------------------------------------------------------- optim
+    def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
+                 weight_decay, nesterov, maximize):
+        _step(_k().sgd, (param, grad, momentum_buffer if momentum != 0 else None),
+                   *_consts(param.dtype, lr, momentum, 1 - dampening, weight_decay),
+                   weight_decay != 0, momentum != 0, step == 1, bool(nesterov), bool(maximize))
+
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+                  beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay):
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        _step(_k().adam,
+                   (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None),
+                   *_consts(param.dtype, 1 - lr * weight_decay, weight_decay, 1 - beta1, beta2,
+                            1 - beta2, bias_correction2_sqrt, eps, lr / bias_correction1),
+                   weight_decay != 0, bool(decoupled_weight_decay), bool(amsgrad),
+                   bool(maximize))
+
+    # ----------------------------------------------------- preprocessing
+    def column_stats(self, X):
+        k = _k()
+        io = _IO(X)
+        n, F = X.shape
+        out = io.empty((3, F), _F64)
+        if F:
+            gx, gy = _column_grid(n, F)
+            part = io.empty((4, gy, F), _F64)
+            k.col_stats_partial[(gx, gy), (k.COL_X, k.COL_Y)](io.put(X), part)
+            _launch_1d(k.col_stats_merge, F, part, out)
+        out = io.get(out)
+        return out[0], out[1], out[2]
+
+    def standardize(self, X, offset, scale):
+        return _affine(X, offset, scale, False)
+
+    def unstandardize(self, X, offset, scale):
+        return _affine(X, offset, scale, True)

@@ -1,0 +1,498 @@
+"""Raw numba.cuda kernels of the cuda backend; the host side is numba_cuda.py.
+
+Every kernel is a plain ``@cuda.jit`` without a signature: nothing compiles
+at import, each compiles on first launch, once per argument-type signature.
+
+Typing rule: a float literal in a kernel is float64 and would promote float32
+arithmetic to float64, so constants of the array dtype (``zero``, ``one``,
+``-inf``, scales) are passed in as typed scalars. Only the kernels in
+``F64_KERNELS`` compute in float64 on purpose, where the reference does.
+
+Element-wise kernels are grid-stride loops over flat arrays. Row-wise kernels
+(softmax family, cross-entropy) give each block whole rows (grid-stride over
+rows) and reduce across the block with a shared-memory tree; blockDim.x is a
+power of two <= MAX_TPB. Warp shuffles would be faster but the simulator,
+which runs the tests, has none.
+"""
+import math
+
+from numba import config, cuda, float64
+
+_SIM = bool(config.ENABLE_CUDASIM)
+
+MAX_TPB = 256                             # length of the shared reduction buffers
+TILE = 4 if _SIM else 16                  # GEMM tile edge (the simulator runs a thread per CUDA thread)
+_TILE_PAD = TILE + 1                      # padded row of a shared tile: no bank conflicts
+COL_X, COL_Y = (4, 2) if _SIM else (32, 8)  # column kernels: columns x row lanes per block
+
+# Kernels that compute in float64 even for float32 input, as the reference does:
+# loss scalars and preprocessing statistics/transforms.
+F64_KERNELS = {
+    "sum_partials": "scalar losses accumulate in float64 (reference sums with dtype=float64)",
+    "col_stats_partial": "column_stats is float64 by contract (count, mean, M2)",
+    "col_stats_merge": "column_stats is float64 by contract (count, mean, M2)",
+    "affine_cols": "standardize/unstandardize compute in float64 with float64 offset/scale",
+}
+
+
+# ----------------------------------------------------------- device helpers
+@cuda.jit(device=True)
+def _nanmax(a, b):
+    """max(a, b) propagating NaN from either side, like np.maximum."""
+    return b if (b > a or b != b) else a
+
+
+@cuda.jit(device=True)
+def _block_sum(sh, v):
+    """Sum of ``v`` over the block, returned to every thread; ``sh`` is reusable after."""
+    t = cuda.threadIdx.x
+    sh[t] = v
+    cuda.syncthreads()
+    h = cuda.blockDim.x // 2
+    while h > 0:
+        if t < h:
+            sh[t] += sh[t + h]
+        cuda.syncthreads()
+        h //= 2
+    total = sh[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True)
+def _block_max(sh, v):
+    """NaN-propagating max of ``v`` over the block, returned to every thread."""
+    t = cuda.threadIdx.x
+    sh[t] = v
+    cuda.syncthreads()
+    h = cuda.blockDim.x // 2
+    while h > 0:
+        if t < h:
+            sh[t] = _nanmax(sh[t], sh[t + h])
+        cuda.syncthreads()
+        h //= 2
+    total = sh[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True)
+def _lse_push(m, s, v, one):
+    """Online log-sum-exp: add ``v`` to the running (max m, sum s of exp(x - m))."""
+    if v > m:
+        return v, s * math.exp(m - v) + one
+    return m, s + math.exp(v - m)
+
+
+@cuda.jit(device=True)
+def _lse_finish(x, row, m, s, sh_m, sh_s, zero):
+    """Merge the threads' online (m, s) of ``x[row]``; returns the row's (max, sum exp(x - max)).
+
+    A non-finite result (NaN/inf logits) is recomputed with the exact two-pass
+    formula, so NaN/inf behave as in the reference's ``exp(x - max)``.
+    """
+    t = cuda.threadIdx.x
+    sh_m[t] = m
+    sh_s[t] = s
+    cuda.syncthreads()
+    h = cuda.blockDim.x // 2
+    while h > 0:
+        if t < h:
+            m1, s1, m2, s2 = sh_m[t], sh_s[t], sh_m[t + h], sh_s[t + h]
+            if m2 > m1:
+                sh_m[t] = m2
+                sh_s[t] = s1 * math.exp(m1 - m2) + s2
+            elif s2 != zero:  # an empty slice (m = -inf, s = 0) changes nothing
+                sh_s[t] = s1 + s2 * math.exp(m2 - m1)
+        cuda.syncthreads()
+        h //= 2
+    m, s = sh_m[0], sh_s[0]
+    cuda.syncthreads()
+    if not math.isfinite(m + math.log(s)):  # block-uniform branch
+        n = x.shape[1]
+        # The merged m is the max of the non-NaN values: a neutral filler.
+        mx = x[row, t] if t < n else m
+        for j in range(t + cuda.blockDim.x, n, cuda.blockDim.x):
+            mx = _nanmax(mx, x[row, j])
+        m = _block_max(sh_m, mx)
+        acc = zero
+        for j in range(t, n, cuda.blockDim.x):
+            acc += math.exp(x[row, j] - m)
+        s = _block_sum(sh_s, acc)
+    return m, s
+
+
+@cuda.jit(device=True)
+def _row_lse(x, row, sh_m, sh_s, neg_inf, zero, one):
+    """(max, sum exp(x - max)) of ``x[row]`` in one online pass over the row."""
+    m, s = neg_inf, zero
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+        m, s = _lse_push(m, s, x[row, j], one)
+    return _lse_finish(x, row, m, s, sh_m, sh_s, zero)
+
+
+# ------------------------------------------------------------- element-wise
+def _unary(f):
+    """Grid-stride kernel ``out[i] = f(x[i], c)`` over flat arrays."""
+    @cuda.jit
+    def kernel(x, out, c):
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            out[i] = f(x[i], c)
+    return kernel
+
+
+def _binary(f):
+    """Grid-stride kernel ``out[i] = f(a[i], b[i], c)`` over flat arrays."""
+    @cuda.jit
+    def kernel(a, b, out, c):
+        for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+            out[i] = f(a[i], b[i], c)
+    return kernel
+
+
+@cuda.jit(device=True)
+def _relu(x, zero):
+    return zero if x <= zero else x  # NaN <= 0 is False: NaN passes through
+
+
+@cuda.jit(device=True)
+def _relu_backward(g, x, zero):
+    return zero if x <= zero else g
+
+
+@cuda.jit(device=True)
+def _sigmoid(x, one):
+    # Same value as 1 / (1 + exp(-x)) without overflowing exp for x << 0.
+    if x >= one - one:
+        return one / (one + math.exp(-x))
+    e = math.exp(x)
+    return e / (one + e)
+
+
+@cuda.jit(device=True)
+def _sigmoid_backward(g, y, one):
+    return g * (one - y) * y
+
+
+@cuda.jit(device=True)
+def _tanh(x, one):
+    return math.tanh(x)
+
+
+@cuda.jit(device=True)
+def _tanh_backward(g, y, one):
+    return g * (one - y * y)
+
+
+@cuda.jit(device=True)
+def _squared_error(a, b, unused):
+    d = a - b
+    return d * d
+
+
+@cuda.jit(device=True)
+def _scaled_diff(a, b, scale):
+    return (a - b) * scale
+
+
+relu = _unary(_relu)
+relu_backward = _binary(_relu_backward)
+sigmoid = _unary(_sigmoid)
+sigmoid_backward = _binary(_sigmoid_backward)
+tanh = _unary(_tanh)
+tanh_backward = _binary(_tanh_backward)
+squared_error = _binary(_squared_error)
+scaled_diff = _binary(_scaled_diff)
+
+
+@cuda.jit
+def ce_target_weight(target, w, ignore_index, out, zero):
+    """out[i] = w[target[i]], or 0 for an ignored row."""
+    for i in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        t = target[i]
+        out[i] = zero if t == ignore_index else w[t]
+
+
+@cuda.jit
+def affine_cols(X, offset, scale, out, inverse):
+    """out = (X - offset) / scale, or X * scale + offset (inverse), in float64 per column."""
+    F = X.shape[1]
+    for i in range(cuda.grid(1), X.size, cuda.gridsize(1)):
+        r = i // F
+        c = i - r * F
+        v = float(X[r, c])
+        out[r, c] = v * scale[c] + offset[c] if inverse else (v - offset[c]) / scale[c]
+
+
+@cuda.jit
+def sgd(param, grad, buf, lr, momentum, one_m_dampening, weight_decay, use_wd,
+        use_momentum, first, nesterov, maximize):
+    """Fused torch.optim.SGD update; ``buf`` is only touched when ``use_momentum``."""
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        g = -grad[i] if maximize else grad[i]
+        p = param[i]
+        if use_wd:
+            g = g + weight_decay * p
+        if use_momentum:
+            b = g if first else buf[i] * momentum + one_m_dampening * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = p - lr * g
+
+
+@cuda.jit
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, weight_decay,
+         one_m_beta1, beta2, one_m_beta2, bias_correction2_sqrt, eps, step_size,
+         use_wd, decoupled, amsgrad, maximize):
+    """Fused torch.optim.Adam/AdamW update; ``max_exp_avg_sq`` only touched with amsgrad."""
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        g = -grad[i] if maximize else grad[i]
+        p = param[i]
+        if use_wd:
+            if decoupled:
+                p = p * decay
+            else:
+                g = g + weight_decay * p
+        m = exp_avg[i]
+        m = m + one_m_beta1 * (g - m)
+        exp_avg[i] = m
+        v = exp_avg_sq[i] * beta2 + one_m_beta2 * g * g
+        exp_avg_sq[i] = v
+        if amsgrad:
+            v = _nanmax(max_exp_avg_sq[i], v)
+            max_exp_avg_sq[i] = v
+        denom = math.sqrt(v) / bias_correction2_sqrt + eps
+        param[i] = p - step_size * (m / denom)
+
+
+# ------------------------------------------------------------------ row-wise
+@cuda.jit
+def softmax_rows(x, out, log, neg_inf, zero, one):
+    """Row-wise softmax (or log_softmax when ``log``): one online pass, one write pass."""
+    sh_m = cuda.shared.array(MAX_TPB, x.dtype)
+    sh_s = cuda.shared.array(MAX_TPB, x.dtype)
+    for row in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        m, s = _row_lse(x, row, sh_m, sh_s, neg_inf, zero, one)
+        log_s = math.log(s)
+        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            if log:
+                out[row, j] = (x[row, j] - m) - log_s
+            else:
+                out[row, j] = math.exp(x[row, j] - m) / s
+
+
+@cuda.jit
+def softmax_backward_rows(g, y, out, log, zero):
+    """softmax: y * (g - sum(g * y)); log_softmax (``log``): g - exp(y) * sum(g)."""
+    sh = cuda.shared.array(MAX_TPB, g.dtype)
+    for row in range(cuda.blockIdx.x, g.shape[0], cuda.gridDim.x):
+        acc = zero
+        for j in range(cuda.threadIdx.x, g.shape[1], cuda.blockDim.x):
+            acc += g[row, j] if log else g[row, j] * y[row, j]
+        total = _block_sum(sh, acc)
+        for j in range(cuda.threadIdx.x, g.shape[1], cuda.blockDim.x):
+            if log:
+                out[row, j] = g[row, j] - math.exp(y[row, j]) * total
+            else:
+                out[row, j] = y[row, j] * (g[row, j] - total)
+
+
+@cuda.jit
+def cross_entropy_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, sum_w, smoothing,
+                       loss, neg_inf, zero, one):
+    """Per-row cross-entropy, fused: one online pass gives max, sum exp and sum w*x."""
+    sh_m = cuda.shared.array(MAX_TPB, x.dtype)
+    sh_s = cuda.shared.array(MAX_TPB, x.dtype)
+    for row in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        t = target[row]
+        if t == ignore_index:  # exactly 0, whatever the logits
+            if cuda.threadIdx.x == 0:
+                loss[row] = zero
+            continue
+        m, s, wx = neg_inf, zero, zero
+        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            v = x[row, j]
+            m, s = _lse_push(m, s, v, one)
+            if smoothing:
+                wx += w[j] * v
+        m, s = _lse_finish(x, row, m, s, sh_m, sh_s, zero)
+        if smoothing:
+            wx = _block_sum(sh_s, wx)
+        if cuda.threadIdx.x == 0:
+            log_s = math.log(s)
+            out = one_m_eps * (-((x[row, t] - m) - log_s) * w[t])
+            if smoothing:  # eps/C * sum_c w[c] * -logp[c]
+                out = out + eps_over_c * ((m + log_s) * sum_w - wx)
+            loss[row] = out
+
+
+@cuda.jit
+def cross_entropy_grad_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, sum_w,
+                            smoothing, denom, out, neg_inf, zero, one):
+    """d loss / d logits: one online pass for the row's log-sum-exp, one write pass.
+
+    ``denom`` is the 'mean' divisor (1 otherwise); ignored rows get exactly 0,
+    even when every row is ignored (denom 0), as in the reference and torch.
+    """
+    sh_m = cuda.shared.array(MAX_TPB, x.dtype)
+    sh_s = cuda.shared.array(MAX_TPB, x.dtype)
+    for row in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        t = target[row]
+        if t == ignore_index:
+            for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+                out[row, j] = zero
+            continue
+        m, s = _row_lse(x, row, sh_m, sh_s, neg_inf, zero, one)
+        log_s = math.log(s)
+        a = one_m_eps * w[t]
+        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            p = math.exp((x[row, j] - m) - log_s)
+            g = a * (p - one if j == t else p)
+            if smoothing:
+                g = g + eps_over_c * (sum_w * p - w[j])
+            out[row, j] = g / denom
+
+
+# -------------------------------------------------------------- reductions
+@cuda.jit
+def sum_partials(a, b, squared_diff, partials):
+    """partials[block] = float64 sum of a[i] (or of (a[i] - b[i])**2) over the block's slice."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        if squared_diff:
+            d = a[i] - b[i]
+            acc += d * d  # squared in the input dtype, summed in float64, as the reference
+        else:
+            acc += a[i]
+    total = _block_sum(sh, acc)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def col_sum_partial(X, out, zero):
+    """out[blockIdx.y, c] = sum of column c over the rows of block-row blockIdx.y.
+
+    Threads x walk consecutive columns (coalesced row-major reads), threads y
+    interleave rows; launched again on its own (G, F) output to finish the sum.
+    """
+    sh = cuda.shared.array((COL_Y, COL_X), X.dtype)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    acc = zero
+    if col < X.shape[1]:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, X.shape[0], COL_Y * cuda.gridDim.y):
+            acc += X[r, col]
+    sh[ty, tx] = acc
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            sh[ty, tx] += sh[ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < X.shape[1]:
+        out[cuda.blockIdx.y, col] = sh[0, tx]
+
+
+@cuda.jit(device=True)
+def _chan(na, ma, m2a, nb, mb, m2b):
+    """Merge two (count, mean, M2) summaries (Chan et al.)."""
+    if nb == 0.0:
+        return na, ma, m2a
+    if na == 0.0:
+        return nb, mb, m2b
+    n = na + nb
+    d = mb - ma
+    return n, ma + d * (nb / n), m2a + m2b + d * d * (na * nb / n)
+
+
+@cuda.jit
+def col_stats_partial(X, part):
+    """part[:, blockIdx.y, c] = NaN-ignoring (count, sum, mean, M2) of column c over a row slice.
+
+    Welford per thread over interleaved rows (threads x on consecutive
+    columns: coalesced row-major reads), then a Chan merge across threads y.
+    The plain sum rides along so the final mean is sum / count, as in the
+    reference (Welford's running mean turns an inf into NaN).
+    """
+    sh = cuda.shared.array((4, COL_Y, COL_X), float64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    n, total, mean, m2 = 0.0, 0.0, 0.0, 0.0
+    if col < X.shape[1]:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, X.shape[0], COL_Y * cuda.gridDim.y):
+            v = float(X[r, col])
+            if v == v:
+                n += 1.0
+                total += v
+                d = v - mean
+                mean += d / n
+                m2 += d * (v - mean)
+    sh[0, ty, tx], sh[1, ty, tx], sh[2, ty, tx], sh[3, ty, tx] = n, total, mean, m2
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            n, mean, m2 = _chan(sh[0, ty, tx], sh[2, ty, tx], sh[3, ty, tx],
+                                sh[0, ty + h, tx], sh[2, ty + h, tx], sh[3, ty + h, tx])
+            sh[0, ty, tx], sh[2, ty, tx], sh[3, ty, tx] = n, mean, m2
+            sh[1, ty, tx] += sh[1, ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < X.shape[1]:
+        for k in range(4):
+            part[k, cuda.blockIdx.y, col] = sh[k, 0, tx]
+
+
+@cuda.jit
+def col_stats_merge(part, out):
+    """out[:, c] = (count, sum / count or 0, M2): Chan merge of the block-row summaries."""
+    for c in range(cuda.grid(1), part.shape[2], cuda.gridsize(1)):
+        n, total, mean, m2 = 0.0, 0.0, 0.0, 0.0
+        for b in range(part.shape[1]):
+            n, mean, m2 = _chan(n, mean, m2, part[0, b, c], part[2, b, c], part[3, b, c])
+            total += part[1, b, c]
+        out[0, c], out[1, c], out[2, c] = n, total / n if n > 0.0 else 0.0, m2
+
+
+# ---------------------------------------------------------------------- GEMM
+@cuda.jit
+def gemm(a, b, bias, out, trans_a, trans_b, has_bias, zero):
+    """out = op(a) @ op(b) (+ bias per column); op transposes when trans_a / trans_b.
+
+    Shared-memory tiles of TILE x TILE (padded by one column against bank
+    conflicts); each load is coalesced whether or not its operand is transposed.
+    blockIdx.x walks row tiles of out, blockIdx.y column tiles.
+    """
+    sa = cuda.shared.array((TILE, _TILE_PAD), a.dtype)
+    sb = cuda.shared.array((TILE, _TILE_PAD), a.dtype)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    M, N = out.shape
+    K = a.shape[0] if trans_a else a.shape[1]
+    row0 = cuda.blockIdx.x * TILE
+    col0 = cuda.blockIdx.y * TILE
+    acc = zero
+    for k0 in range(0, K, TILE):
+        if trans_a:  # a is (K, M): sa[i, k] = a[k0 + k, row0 + i]
+            r, k = row0 + tx, k0 + ty
+            sa[tx, ty] = a[k, r] if r < M and k < K else zero
+        else:        # a is (M, K): sa[i, k] = a[row0 + i, k0 + k]
+            r, k = row0 + ty, k0 + tx
+            sa[ty, tx] = a[r, k] if r < M and k < K else zero
+        if trans_b:  # b is (N, K): sb[k, j] = b[col0 + j, k0 + k]
+            c, k = col0 + ty, k0 + tx
+            sb[tx, ty] = b[c, k] if c < N and k < K else zero
+        else:        # b is (K, N): sb[k, j] = b[k0 + k, col0 + j]
+            c, k = col0 + tx, k0 + ty
+            sb[ty, tx] = b[k, c] if c < N and k < K else zero
+        cuda.syncthreads()
+        for kk in range(TILE):
+            acc += sa[ty, kk] * sb[kk, tx]
+        cuda.syncthreads()
+    i, j = row0 + ty, col0 + tx
+    if i < M and j < N:
+        if has_bias:
+            acc += bias[j]
+        out[i, j] = acc

@@ -1,0 +1,187 @@
+"""Compile every cuda-backend kernel to PTX for sm_90, float32 and float64.
+
+``numba.cuda.compile_ptx`` needs NVVM (a CUDA toolkit) but no GPU: it catches
+typing errors the simulator cannot, and float64 promotion in float32 kernels
+(a ``.f64`` instruction in their PTX). The simulator replaces numba.cuda for
+the whole process (and conftest.py turns it on), so the kernels compile in a
+child process with NUMBA_ENABLE_CUDASIM=0.
+
+The ``gpu``-marked test runs on a real device only.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+# Argument kinds: f1/f2 arrays of the dtype (1-D / 2-D, C order), d1/d2/d3 float64
+# arrays, i1 int64 array, s a scalar of the dtype, i an int64 scalar, b a bool.
+UNARY = ("f1", "f1", "s")
+BINARY = ("f1", "f1", "f1", "s")
+KERNELS = {
+    "relu": UNARY, "sigmoid": UNARY, "tanh": UNARY,
+    "relu_backward": BINARY, "sigmoid_backward": BINARY, "tanh_backward": BINARY,
+    "squared_error": BINARY, "scaled_diff": BINARY,
+    "ce_target_weight": ("i1", "f1", "i", "f1", "s"),
+    "affine_cols": ("f2", "d1", "d1", "f2", "b"),
+    "sgd": ("f1",) * 3 + ("s",) * 4 + ("b",) * 5,
+    "adam": ("f1",) * 5 + ("s",) * 8 + ("b",) * 4,
+    "softmax_rows": ("f2", "f2", "b", "s", "s", "s"),
+    "softmax_backward_rows": ("f2", "f2", "f2", "b", "s"),
+    "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),
+    "cross_entropy_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f2",
+                                "s", "s", "s"),
+    "sum_partials": ("f1", "f1", "b", "d1"),
+    "col_sum_partial": ("f2", "f2", "s"),
+    "col_stats_partial": ("f2", "d3"),
+    "col_stats_merge": ("d3", "d2"),
+    "gemm": ("f2", "f2", "f1", "f2", "b", "b", "b", "s"),
+}
+
+
+def _signature(kinds, dtype):
+    from numba import types
+    f = types.float32 if dtype == "float32" else types.float64
+    table = {
+        "f1": f[::1], "f2": f[:, ::1], "s": f,
+        "d1": types.float64[::1], "d2": types.float64[:, ::1], "d3": types.float64[:, :, ::1],
+        "i1": types.int64[::1], "i": types.int64, "b": types.boolean,
+    }
+    return tuple(table[k] for k in kinds)
+
+
+def _compile_all():
+    """Child process: compile every kernel, print one JSON report line."""
+    try:
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+        from numba.cuda.dispatcher import CUDADispatcher
+        why = "" if nvvm.is_available() else "NVVM (CUDA toolkit) not found"
+    except Exception as exc:  # numba.cuda itself does not import
+        why = f"numba.cuda does not import: {exc!r}"
+    if why:
+        print(json.dumps({"skip": why}))
+        return
+    if not cuda.is_available():
+        # Device functions called from a kernel compile for the *current* device's
+        # compute capability even under compile_ptx; with no GPU, name sm_90 for them.
+        import types
+
+        import numba.cuda.dispatcher as dispatcher
+        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+    from fastml.backends import _cuda_kernels as k
+    report = {"kernels": sorted(n for n, v in vars(k).items()
+                                if isinstance(v, CUDADispatcher) and not n.startswith("_")),
+              "f64_kernels": sorted(k.F64_KERNELS), "results": {}}
+    for name, kinds in KERNELS.items():
+        for dtype in ("float32", "float64"):
+            try:
+                ptx, _ = cuda.compile_ptx(getattr(k, name).py_func, _signature(kinds, dtype),
+                                          cc=(9, 0))
+                res = {"entry": ".entry" in ptx,
+                       "f64": [ln.strip() for ln in ptx.splitlines() if ".f64" in ln][:5]}
+            except Exception as exc:
+                res = {"error": repr(exc)[:2000]}
+            report["results"][f"{name}:{dtype}"] = res
+    print(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def ptx_report():
+    """Compile in a child process where the simulator is off (conftest turns it on here)."""
+    import fastml
+    src = os.path.dirname(os.path.dirname(os.path.abspath(fastml.__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
+               PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_cuda_ptx; test_cuda_ptx._compile_all()"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=1200)
+    if proc.returncode != 0:
+        pytest.fail(f"PTX compilation process failed:\n{proc.stderr[-4000:]}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(f"numba.cuda.compile_ptx unavailable: {report['skip']}")
+    return report
+
+
+def test_every_kernel_is_listed(ptx_report):
+    assert ptx_report["kernels"] == sorted(KERNELS)
+    assert set(ptx_report["f64_kernels"]) <= set(KERNELS)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_compiles_without_f64_promotion(ptx_report, name, dtype):
+    res = ptx_report["results"][f"{name}:{dtype}"]
+    assert "error" not in res, res.get("error")
+    assert res["entry"]
+    if dtype == "float32" and name not in ptx_report["f64_kernels"]:
+        assert not res["f64"], f"{name} promotes float32 to float64: {res['f64']}"
+    if dtype == "float32" and name in ptx_report["f64_kernels"]:
+        assert res["f64"], f"{name} is listed in F64_KERNELS but has no float64 code"
+
+
+def _real_gpu():
+    if SIMULATOR:
+        return False
+    try:
+        from numba import cuda
+        return cuda.is_available()
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu(), reason="needs a real CUDA GPU and FASTML_TEST_GPU=1 (simulator off)")
+def test_cross_entropy_grad_on_gpu():
+    from numba import cuda
+    from fastml.backends.numba_cuda import CudaBackend
+    from fastml.backends.reference import ReferenceBackend
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 1000)).astype(np.float32)
+    t = rng.integers(0, 1000, 300)
+    args = (t, None, -100, "mean", 0.1)
+    ref = ReferenceBackend().cross_entropy_grad(x, *args)
+    host = CudaBackend().cross_entropy_grad(x, *args)
+    dev = CudaBackend().cross_entropy_grad(cuda.to_device(x), *args)
+    assert isinstance(host, np.ndarray)
+    assert cuda.is_cuda_array(dev)
+    np.testing.assert_allclose(host, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dev.copy_to_host(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not (SIMULATOR or _real_gpu()), reason="needs the CUDA simulator or a GPU")
+def test_device_arrays_in_device_arrays_out():
+    """Device inputs give device outputs (no host round trip); in-place steps update them."""
+    from numba import cuda
+    from fastml.backends.numba_cuda import CudaBackend
+    from fastml.backends.reference import ReferenceBackend
+    be, ref = CudaBackend(), ReferenceBackend()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 5))
+    t = np.array([0, 4, -100])
+    cases = [("relu", (x,)), ("softmax", (x,)), ("column_stats", (x,)),
+             ("cross_entropy", (x, t, None, -100, "none", 0.1)),
+             ("linear_backward", (np.ascontiguousarray(x[:, :2]), x, x[:2], True))]
+    for name, args in cases:
+        dev_args = [cuda.to_device(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+                    else a for a in args]
+        got, want = getattr(be, name)(*dev_args), getattr(ref, name)(*args)
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            assert not isinstance(g, np.ndarray), f"{name} came back to the host"
+            np.testing.assert_allclose(g.copy_to_host(), w, rtol=1e-12, atol=1e-12)
+    state = [rng.normal(size=6), rng.normal(size=6), rng.normal(size=6), rng.random(6)]
+    want = [a.copy() for a in state]
+    dev = [cuda.to_device(a) for a in state]
+    kw = dict(step=3, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+              amsgrad=False, maximize=False, decoupled_weight_decay=True)
+    ref.adam_step(*want, None, **kw)
+    be.adam_step(*dev, None, **kw)
+    for d, w in zip(dev, want):
+        np.testing.assert_allclose(d.copy_to_host(), w, rtol=1e-12, atol=1e-12)

@@ -85,18 +85,24 @@ def extensions():
     # -fno-trapping-math lets gcc turn the NaN/overflow selects of the exp kernels into
     # vector blends; it assumes nothing about finiteness (NaN and inf still propagate).
     compile_args = ["-O3", "-fno-trapping-math"] if sys.platform != "win32" else ["/O2"]
+    cext = os.path.join("src", "fastml", "_cext")
+    # The vector loops in _kernels*.h (included by the generated C): their folder is on
+    # the include path, and listing them as depends rebuilds on change and ships them
+    # in the sdist.
+    headers = sorted(glob.glob(os.path.join(cext, "*.h")))
     exts = [
         Extension(
             "fastml._cext." + os.path.splitext(os.path.basename(pyx))[0],
             [pyx],
-            include_dirs=[numpy.get_include()],
+            include_dirs=[numpy.get_include(), cext],
+            depends=headers,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=compile_args,
         )
-        for pyx in sorted(glob.glob(os.path.join("src", "fastml", "_cext", "*.pyx")))
+        for pyx in sorted(glob.glob(os.path.join(cext, "*.pyx")))
     ]
-    return cythonize(exts, compiler_directives=directives,
-                     include_path=[os.path.join("src", "fastml", "_cext")])
+    # force: cythonize does not notice a change of directives, so a debug build regenerates C.
+    return cythonize(exts, compiler_directives=directives, include_path=[cext], force=debug)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

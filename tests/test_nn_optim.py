@@ -12,6 +12,8 @@ import pytest
 import fastml
 from fastml import layers, losses, nn, optim
 
+from gradcheck import numeric_grad
+
 CPU_BACKENDS = [b for b in fastml.available_backends() if b != "cuda"]
 # What modules and optimizers run; a backend's own kernels are tested in test_ops.py.
 USED_OPS = ("layers.linear", "layers.linear_backward", "layers.relu", "layers.relu_backward",
@@ -44,20 +46,6 @@ def _mlp(seed=0, dtype=np.float32, sizes=(5, 7, 3)):
 
 
 # ------------------------------------------------------------ finite differences
-def _numeric_grad(f, a, h=1e-6):
-    """Central differences of the scalar f() w.r.t. every element of a (modified in place)."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        up = f()
-        a[i] = old - h
-        down = f()
-        a[i] = old
-        g[i] = (up - down) / (2 * h)
-    return g
-
-
 def _away_from_zero(rng, shape):
     """Values with |x| >= 0.1, so no ReLU kink lies within a finite-difference step."""
     x = rng.uniform(0.1, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
@@ -84,9 +72,9 @@ def test_backward_matches_finite_differences(backend, make):
     m(x)
     gx = m.backward(r)
     grads = [g.copy() for g in m.gradients()]
-    np.testing.assert_allclose(gx, _numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
     for p, g in zip(m.parameters(), grads):
-        np.testing.assert_allclose(g, _numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(g, numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
 
 
 def test_linear_batched_leading_dims(backend):

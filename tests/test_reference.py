@@ -7,26 +7,13 @@ import pytest
 import fastml
 from fastml import layers, losses, optim
 
+from gradcheck import numeric_grad
+
 
 @pytest.fixture(autouse=True)
 def _reference():
     with fastml.use_backend("numpy"):
         yield
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar function f at x (float64)."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        hi = f()
-        flat[i] = old - eps
-        lo = f()
-        flat[i] = old
-        gflat[i] = (hi - lo) / (2 * eps)
-    return g
 
 
 RNG = np.random.default_rng(1234)

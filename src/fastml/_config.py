@@ -143,6 +143,24 @@ def get_num_threads() -> int:
     return _num_threads or (os.cpu_count() or 1)
 
 
+_blas_limit = {"applied": None, "controller": None}
+
+
+def limit_blas_threads() -> None:
+    """Bound the BLAS pool behind GEMM (NumPy's matmul) to get_num_threads().
+
+    Called by the accelerated CPU backends before a GEMM; re-applied only when
+    the bound changed, since threadpoolctl's limit costs a library scan.
+    """
+    n = get_num_threads()
+    if _blas_limit["applied"] != n:
+        if _blas_limit["controller"] is None:
+            from threadpoolctl import ThreadpoolController
+            _blas_limit["controller"] = ThreadpoolController()
+        _blas_limit["controller"].limit(limits=n, user_api="blas")
+        _blas_limit["applied"] = n
+
+
 def backend_info() -> dict:
     """Availability, versions, threads and per-op native coverage of every backend.
 

@@ -2,11 +2,14 @@
 
 Every kernel writes ``out`` (allocated by the caller, same length as the
 inputs) and runs in parallel when the array is large enough to pay for it.
+sigmoid and tanh run the CPU-dispatched vector loops of _kernels.h, one
+contiguous chunk per thread.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._scalar cimport PAR_MIN_WORK, fexp, ftanh
+from ._kernels cimport sigmoid_k, tanh_k
+from ._scalar cimport PAR_MIN_WORK
 
 
 cdef inline floating _relu(floating x) noexcept nogil:
@@ -16,10 +19,6 @@ cdef inline floating _relu(floating x) noexcept nogil:
 
 cdef inline floating _relu_backward(floating g, floating x) noexcept nogil:
     return 0 if x <= 0 else g
-
-
-cdef inline floating _sigmoid(floating x) noexcept nogil:
-    return <floating>1 / (<floating>1 + fexp(-x))
 
 
 cdef inline floating _sigmoid_backward(floating g, floating y) noexcept nogil:
@@ -45,11 +44,31 @@ def relu_backward(const floating[::1] grad_out, const floating[::1] x, floating[
         out[i] = _relu_backward(grad_out[i], x[i])
 
 
+cdef enum Unary:
+    SIGMOID
+    TANH
+
+
+cdef void _unary_chunks(Unary op, const floating[::1] x, floating[::1] out,
+                        int num_threads) noexcept nogil:
+    """op over x in one contiguous chunk per thread."""
+    cdef Py_ssize_t c, lo, hi, n = x.shape[0]
+    cdef Py_ssize_t chunks = num_threads if n >= PAR_MIN_WORK else 1
+    if n == 0:
+        return
+    for c in prange(chunks, schedule="static", num_threads=num_threads,
+                    use_threads_if=chunks > 1):
+        lo = c * n // chunks
+        hi = (c + 1) * n // chunks
+        if op == SIGMOID:
+            sigmoid_k(&x[0] + lo, &out[0] + lo, hi - lo)
+        else:
+            tanh_k(&x[0] + lo, &out[0] + lo, hi - lo)
+
+
 def sigmoid(const floating[::1] x, floating[::1] out, int num_threads):
-    cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n >= PAR_MIN_WORK):
-        out[i] = _sigmoid(x[i])
+    with nogil:
+        _unary_chunks(SIGMOID, x, out, num_threads)
 
 
 def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y, floating[::1] out,
@@ -61,10 +80,8 @@ def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y, floati
 
 
 def tanh(const floating[::1] x, floating[::1] out, int num_threads):
-    cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n >= PAR_MIN_WORK):
-        out[i] = ftanh(x[i])
+    with nogil:
+        _unary_chunks(TANH, x, out, num_threads)
 
 
 def tanh_backward(const floating[::1] grad_out, const floating[::1] y, floating[::1] out,

@@ -1,14 +1,16 @@
 """Loss kernels: MSE and the fused softmax cross-entropy (loss and gradient).
 
 Sums accumulate in double. Cross-entropy never materializes the softmax:
-each row's log-sum-exp comes from one online pass over its logits.
+each row's log-sum-exp comes from one blocked online pass over its logits
+(the CPU-dispatched vector loops of _kernels.h).
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, exp, isfinite, log
 from libc.stdint cimport int64_t
+from libc.string cimport memset
 
-from ._scalar cimport PAR_MIN_WORK, fexp, row_max
+from ._kernels cimport ce_grad_row, ce_row_lse, fm_row_lse
+from ._scalar cimport PAR_MIN_WORK
 
 
 # ---------------------------------------------------------------------- MSE
@@ -45,42 +47,6 @@ def mse_grad(const floating[::1] input, const floating[::1] target, double scale
 
 
 # ------------------------------------------------------------ cross-entropy
-cdef struct RowLse:
-    double m       # the row max
-    double log_s   # log(sum(exp(x - m)))
-    double wx      # sum(w * x), when asked for
-
-
-cdef inline RowLse _row_lse(const floating* x, const floating* w, Py_ssize_t n,
-                            bint want_wx) noexcept nogil:
-    """Log-sum-exp parts of one row of logits.
-
-    One online pass (the sum is rescaled whenever the running max grows); a
-    row where that is not finite (NaN / inf logits) is redone with the exact
-    two-pass formula so it comes out as in the reference.
-    """
-    cdef RowLse r
-    cdef floating m = -INFINITY, v
-    cdef double s = 0, wx = 0
-    cdef Py_ssize_t j
-    for j in range(n):
-        v = x[j]
-        if v > m:
-            s = s * fexp(m - v) + 1
-            m = v
-        else:
-            s += fexp(v - m)
-        if want_wx:
-            wx += <double>w[j] * v
-    if not (isfinite(m) and isfinite(s)):
-        m = row_max(x, n)
-        s = 0
-        for j in range(n):
-            s += fexp(x[j] - m)
-    r.m, r.log_s, r.wx = m, log(s), wx
-    return r
-
-
 def target_weight_sum(const int64_t[::1] target, const floating[::1] w, int64_t ignore_index):
     """sum(w[t]) over the rows not ignored: the divisor of reduction='mean'."""
     cdef Py_ssize_t i
@@ -97,7 +63,7 @@ def cross_entropy(const floating[:, ::1] x, const int64_t[::1] target, const flo
     """Per-row losses into out (N,); returns (sum of losses, sum of kept w[target])."""
     cdef Py_ssize_t i, t, rows = x.shape[0], n = x.shape[1]
     cdef double sw = 0, total = 0, wsum = 0, loss
-    cdef RowLse r
+    cdef fm_row_lse r
     cdef bint smooth = eps > 0
     for i in range(n):
         sw += w[i]
@@ -107,7 +73,7 @@ def cross_entropy(const floating[:, ::1] x, const int64_t[::1] target, const flo
         if t == ignore_index:
             out[i] = 0
             continue
-        r = _row_lse(&x[i, 0], &w[0], n, smooth)
+        r = ce_row_lse(&x[i, 0], &w[0], n, smooth)
         # -log p[c] = log_s - (x[c] - m)
         loss = (1 - eps) * w[t] * (r.log_s - (x[i, t] - r.m))
         if smooth:
@@ -122,11 +88,8 @@ def cross_entropy_grad(const floating[:, ::1] x, const int64_t[::1] target,
                        const floating[::1] w, int64_t ignore_index, double eps, double coef,
                        floating[:, ::1] out, int num_threads):
     """coef * d(sum of row losses)/dx into out (N, C); coef is 1/sum(w[t]) for 'mean'."""
-    cdef Py_ssize_t i, j, t, rows = x.shape[0], n = x.shape[1]
-    cdef double sw = 0, a, p, g
-    cdef double b = eps / n
-    cdef RowLse r
-    cdef bint smooth = eps > 0
+    cdef Py_ssize_t i, t, rows = x.shape[0], n = x.shape[1]
+    cdef double sw = 0
     for i in range(n):
         sw += w[i]
     for i in prange(rows, nogil=True, schedule="static", num_threads=num_threads,
@@ -134,14 +97,7 @@ def cross_entropy_grad(const floating[:, ::1] x, const int64_t[::1] target,
         t = target[i]
         if t == ignore_index:
             # exactly 0, even when 'mean' divides by a zero weight sum (coef = inf)
-            for j in range(n):
-                out[i, j] = 0
-            continue
-        r = _row_lse(&x[i, 0], &w[0], n, False)
-        a = (1 - eps) * w[t]
-        for j in range(n):
-            p = fexp(<floating>((x[i, j] - r.m) - r.log_s))
-            g = a * (p - (j == t))
-            if smooth:
-                g = g + b * (sw * p - w[j])
-            out[i, j] = <floating>(g * coef)
+            memset(&out[i, 0], 0, n * sizeof(floating))
+        else:
+            ce_grad_row(&x[i, 0], &w[0], n, t, (1 - eps) * w[t], eps / n, sw, coef,
+                        &out[i, 0])

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._cext import _elementwise, _linear, _losses, _optim, _preprocessing, _rowwise
-from .._config import get_num_threads
+from .._config import get_num_threads, limit_blas_threads
 from .reference import ReferenceBackend
 
 
@@ -35,41 +35,25 @@ def _binary(kernel, a, b):
     return out
 
 
-class _BlasThreads:
-    """Bounds the BLAS pool behind GEMM to get_num_threads(), re-applied only when it changes."""
-
-    def __init__(self):
-        self._applied = None
-        self._controller = None
-
-    def apply(self, n):
-        if n != self._applied:
-            if self._controller is None:
-                from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
-                self._controller = ThreadpoolController()
-            self._controller.limit(limits=n, user_api="blas")
-            self._applied = n
-        return n
-
-
 class CythonBackend(ReferenceBackend):
     name = "cython"
 
-    def __init__(self):
-        self._blas = _BlasThreads()
-
     # ------------------------------------------------------------------ layers
     def linear(self, x, weight, bias):
-        out = np.empty((x.shape[0], weight.shape[0]), x.dtype)
-        _linear.linear(x, weight, bias, out, self._blas.apply(get_num_threads()))
+        limit_blas_threads()
+        out = x @ weight.T
+        if bias is not None:
+            _linear.add_bias(out, bias)
         return out
 
     def linear_backward(self, grad_out, x, weight, has_bias):
-        grad_x = np.empty_like(x)
-        grad_weight = np.empty_like(weight)
-        grad_bias = np.empty(weight.shape[0], x.dtype) if has_bias else None
-        _linear.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
-                                self._blas.apply(get_num_threads()))
+        limit_blas_threads()
+        grad_x = grad_out @ weight
+        grad_weight = grad_out.T @ x
+        grad_bias = None
+        if has_bias:
+            grad_bias = np.empty(weight.shape[0], x.dtype)
+            _linear.column_sums(grad_out, grad_bias)
         return grad_x, grad_weight, grad_bias
 
     def relu(self, x):

@@ -84,6 +84,7 @@ class NumbaBackend(ReferenceBackend):
     # ------------------------------------------------------------------ layers
     @op("layers")
     def linear(self, x, weight, bias):
+        _config.limit_blas_threads()
         out = np.dot(x, weight.T)
         if bias is not None:
             _run(K.add_bias, out.size, out, bias)
@@ -91,6 +92,7 @@ class NumbaBackend(ReferenceBackend):
 
     @op("layers")
     def linear_backward(self, grad_out, x, weight, has_bias):
+        _config.limit_blas_threads()
         grad_x = np.dot(grad_out, weight)
         grad_weight = np.dot(grad_out.T, x)
         grad_bias = None

@@ -1,0 +1,178 @@
+/* Vectorized inner loops of the exp-based kernels (element-wise, row-wise, cross-entropy).
+ *
+ * Wheels are built for baseline x86-64 (SSE2), so each loop is compiled three times with
+ * GCC/clang target_clones (AVX-512F, AVX2, baseline) and the loader picks the widest
+ * the CPU supports (an ifunc, resolved once). No fast-math: NaN and inf propagate in
+ * every clone. (The AVX-512 clone may contract a*b + c into an FMA, so its results can
+ * differ from the others' in the last bit; all are within the ops' tolerances.)
+ *
+ * exp / tanh have no libm call and no branch, so the loops vectorize: Cody-Waite
+ * reduction x = n*ln2 + r, a Taylor polynomial for e^r - 1, and 2^n built in the
+ * exponent bits, applied in two halves so results overflow to inf and underflow
+ * gradually to 0 where libm's do. Sums keep FM_LANES independent double accumulators,
+ * added in a fixed order at the end, and maxima reduce integer keys, so both vectorize
+ * without reassociating float math.
+ *
+ * _kernels_impl.h holds the type-generic loops; it is included once per dtype below.
+ */
+#ifndef FASTML_KERNELS_H
+#define FASTML_KERNELS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* target_clones needs ifunc support (ELF + glibc-style loader). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__INTEL_COMPILER) && defined(__ELF__)
+#define FM_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FM_DISPATCH
+#endif
+
+#if defined(__GNUC__)
+#define FM_INLINE static inline __attribute__((always_inline))
+#else
+#define FM_INLINE static inline
+#endif
+#define FM_RESTRICT __restrict
+
+#define FM_LANES 16     /* accumulators per sum: one AVX-512 vector of floats */
+#define FM_CE_BLOCK 64  /* cross-entropy: elements per block of the online log-sum-exp */
+
+/* ------------------------------------------------------------------ scalar math */
+typedef union { float f; int32_t i; } fm_f32_bits;
+typedef union { double f; int64_t i; } fm_f64_bits;
+
+/* 2**n for an integral n with -126 <= n <= 127, from the exponent bits. */
+static inline float fm_pow2_f32(float n) {
+    fm_f32_bits t;
+    t.f = n + 12582912.0f;                       /* 1.5 * 2**23: n lands in the low bits */
+    t.i = (t.i - 0x4B400000 + 127) << 23;
+    return t.f;
+}
+
+/* 2**n for an integral n with -1022 <= n <= 1023. */
+static inline double fm_pow2_f64(double n) {
+    fm_f64_bits t;
+    t.f = n + 6755399441055744.0;                /* 1.5 * 2**52 */
+    t.i = (t.i - INT64_C(0x4338000000000000) + 1023) << 52;
+    return t.f;
+}
+
+/* e**r - 1 where x = n*ln2 + r (x already clamped to a finite range). */
+static inline float fm_expm1_reduced_f32(float x, float *n) {
+    float r;
+    *n = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
+    r = (x - *n * 0.693359375f) - *n * -2.12194440e-4f;
+    return r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (
+        1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+}
+
+static inline double fm_expm1_reduced_f64(double x, double *n) {
+    double r;
+    *n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+    r = (x - *n * 6.93145751953125e-1) - *n * 1.42860682030941723212e-6;
+    return r * (1 + r * (1 / 2. + r * (1 / 6. + r * (1 / 24. + r * (1 / 120. + r * (
+        1 / 720. + r * (1 / 5040. + r * (1 / 40320. + r * (1 / 362880. + r * (
+            1 / 3628800. + r * (1 / 39916800. + r * (1 / 479001600. + r * (
+                1 / 6227020800.)))))))))))));
+}
+
+static inline float fm_exp_f32(float x) {
+    float n, h, q, xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    q = fm_expm1_reduced_f32(xc, &n);
+    h = (n * 0.5f + 12582912.0f) - 12582912.0f;
+    q = ((1.0f + q) * fm_pow2_f32(h)) * fm_pow2_f32(n - h);
+    return x != x ? x : q;
+}
+
+static inline double fm_exp_f64(double x) {
+    double n, h, q, xc = x < -746.0 ? -746.0 : x;
+    xc = xc > 710.0 ? 710.0 : xc;
+    q = fm_expm1_reduced_f64(xc, &n);
+    h = (n * 0.5 + 6755399441055744.0) - 6755399441055744.0;
+    q = ((1 + q) * fm_pow2_f64(h)) * fm_pow2_f64(n - h);
+    return x != x ? x : q;
+}
+
+/* e**x - 1 for x <= 0 (not NaN), without cancellation near 0. */
+static inline float fm_expm1_nonpos_f32(float x) {
+    float n, q = fm_expm1_reduced_f32(x < -40.0f ? -40.0f : x, &n), s = fm_pow2_f32(n);
+    return (s - 1.0f) + s * q;
+}
+
+static inline double fm_expm1_nonpos_f64(double x) {
+    double n, q = fm_expm1_reduced_f64(x < -60.0 ? -60.0 : x, &n), s = fm_pow2_f64(n);
+    return (s - 1) + s * q;
+}
+
+/* tanh(x) = sign(x) * -e / (2 + e) with e = expm1(-2|x|): no cancellation near 0. */
+static inline float fm_tanh_f32(float x) {
+    float a = x < 0 ? -x : x, e = fm_expm1_nonpos_f32(-2.0f * a), t = -e / (2.0f + e);
+    return x != x ? x : (x < 0 ? -t : t);
+}
+
+static inline double fm_tanh_f64(double x) {
+    double a = x < 0 ? -x : x, e = fm_expm1_nonpos_f64(-2.0 * a), t = -e / (2.0 + e);
+    return x != x ? x : (x < 0 ? -t : t);
+}
+
+/* Integer keys ordered as the floats they come from: a float's bits read as a
+ * sign-magnitude integer, turned into two's complement (the map is its own inverse). */
+static inline int32_t fm_key_f32(float x) {
+    fm_f32_bits b;
+    b.f = x;
+    return b.i ^ ((b.i >> 31) & INT32_MAX);
+}
+
+static inline float fm_unkey_f32(int32_t k) {
+    fm_f32_bits b;
+    b.i = k ^ ((k >> 31) & INT32_MAX);
+    return b.f;
+}
+
+static inline int64_t fm_key_f64(double x) {
+    fm_f64_bits b;
+    b.f = x;
+    return b.i ^ ((b.i >> 63) & INT64_MAX);
+}
+
+static inline double fm_unkey_f64(int64_t k) {
+    fm_f64_bits b;
+    b.i = k ^ ((k >> 63) & INT64_MAX);
+    return b.f;
+}
+
+/* log-sum-exp parts of a row of logits (see fm_ce_lse) */
+typedef struct { double m, log_s, wx; } fm_row_lse;
+
+/* the lanes' sum, in a fixed order */
+FM_INLINE double fm_lanes_sum(const double *acc) {
+    double s = 0;
+    for (int k = 0; k < FM_LANES; k++) s += acc[k];
+    return s;
+}
+
+/* --------------------------------------------------------- type-generic loops */
+#define FM_CAT_(a, b) a##_##b
+#define FM_CAT(a, b) FM_CAT_(a, b)
+#define FM_FN(name) FM_CAT(name, FM_SFX)   /* name_f32 / name_f64 */
+
+#define FM_T float
+#define FM_I int32_t
+#define FM_SFX f32
+#include "_kernels_impl.h"
+#undef FM_T
+#undef FM_I
+#undef FM_SFX
+
+#define FM_T double
+#define FM_I int64_t
+#define FM_SFX f64
+#include "_kernels_impl.h"
+#undef FM_T
+#undef FM_I
+#undef FM_SFX
+
+#endif /* FASTML_KERNELS_H */

@@ -1,0 +1,97 @@
+# The vectorized, CPU-dispatched loops of _kernels.h, with fused-type wrappers
+# that pick the float32 / float64 version.
+from cython cimport floating
+
+
+cdef extern from "_kernels.h" nogil:
+    ctypedef struct fm_row_lse:
+        double m        # the row max
+        double log_s    # log(sum(exp(x - m)))
+        double wx       # sum(w * x), when asked for
+
+    void fastml_sigmoid_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_sigmoid_f64(const double* x, double* out, Py_ssize_t n)
+    void fastml_tanh_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_tanh_f64(const double* x, double* out, Py_ssize_t n)
+    void fastml_softmax_row_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_softmax_row_f64(const double* x, double* out, Py_ssize_t n)
+    void fastml_log_softmax_row_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_log_softmax_row_f64(const double* x, double* out, Py_ssize_t n)
+    void fastml_softmax_backward_row_f32(const float* g, const float* y, float* out,
+                                         Py_ssize_t n)
+    void fastml_softmax_backward_row_f64(const double* g, const double* y, double* out,
+                                         Py_ssize_t n)
+    void fastml_log_softmax_backward_row_f32(const float* g, const float* y, float* out,
+                                             Py_ssize_t n)
+    void fastml_log_softmax_backward_row_f64(const double* g, const double* y, double* out,
+                                             Py_ssize_t n)
+    fm_row_lse fastml_ce_row_lse_f32(const float* x, const float* w, Py_ssize_t n,
+                                     int want_wx)
+    fm_row_lse fastml_ce_row_lse_f64(const double* x, const double* w, Py_ssize_t n,
+                                     int want_wx)
+    void fastml_ce_grad_row_f32(const float* x, const float* w, Py_ssize_t n, Py_ssize_t t,
+                                double a, double b, double sw, double coef, float* out)
+    void fastml_ce_grad_row_f64(const double* x, const double* w, Py_ssize_t n, Py_ssize_t t,
+                                double a, double b, double sw, double coef, double* out)
+
+
+cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_sigmoid_f32(x, out, n)
+    else:
+        fastml_sigmoid_f64(x, out, n)
+
+
+cdef inline void tanh_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_tanh_f32(x, out, n)
+    else:
+        fastml_tanh_f64(x, out, n)
+
+
+cdef inline void softmax_row(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_softmax_row_f32(x, out, n)
+    else:
+        fastml_softmax_row_f64(x, out, n)
+
+
+cdef inline void log_softmax_row(const floating* x, floating* out,
+                                 Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_log_softmax_row_f32(x, out, n)
+    else:
+        fastml_log_softmax_row_f64(x, out, n)
+
+
+cdef inline void softmax_backward_row(const floating* g, const floating* y, floating* out,
+                                      Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_softmax_backward_row_f32(g, y, out, n)
+    else:
+        fastml_softmax_backward_row_f64(g, y, out, n)
+
+
+cdef inline void log_softmax_backward_row(const floating* g, const floating* y, floating* out,
+                                          Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_log_softmax_backward_row_f32(g, y, out, n)
+    else:
+        fastml_log_softmax_backward_row_f64(g, y, out, n)
+
+
+cdef inline fm_row_lse ce_row_lse(const floating* x, const floating* w, Py_ssize_t n,
+                                  bint want_wx) noexcept nogil:
+    if floating is float:
+        return fastml_ce_row_lse_f32(x, w, n, want_wx)
+    else:
+        return fastml_ce_row_lse_f64(x, w, n, want_wx)
+
+
+cdef inline void ce_grad_row(const floating* x, const floating* w, Py_ssize_t n, Py_ssize_t t,
+                             double a, double b, double sw, double coef,
+                             floating* out) noexcept nogil:
+    if floating is float:
+        fastml_ce_grad_row_f32(x, w, n, t, a, b, sw, coef, out)
+    else:
+        fastml_ce_grad_row_f64(x, w, n, t, a, b, sw, coef, out)

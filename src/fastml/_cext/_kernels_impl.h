@@ -1,0 +1,220 @@
+/* Type-generic loops of _kernels.h, included once with FM_T = float and once with double.
+ * No include guard on purpose. Every pointer argument of a kernel is a separate array.
+ */
+#define FM_EXP FM_FN(fm_exp)
+#define FM_L FM_LANES
+
+/* --------------------------------------------------------------- element-wise */
+FM_DISPATCH static void FM_FN(fastml_sigmoid)(const FM_T *FM_RESTRICT x, FM_T *FM_RESTRICT out,
+                                              ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = (FM_T)1 / ((FM_T)1 + FM_EXP(-x[i]));
+}
+
+FM_DISPATCH static void FM_FN(fastml_tanh)(const FM_T *FM_RESTRICT x, FM_T *FM_RESTRICT out,
+                                           ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = FM_FN(fm_tanh)(x[i]);
+}
+
+/* ------------------------------------------------------------- lane reductions */
+/* max of a row; n == 0 gives -inf. An integer max reduction of the order-preserving
+ * keys, because that vectorizes where a float max does not (without -ffast-math). A NaN
+ * may win or not, by its sign bit: callers see NaN through exp(x - max) either way. */
+FM_INLINE FM_T FM_FN(fm_row_max)(const FM_T *FM_RESTRICT x, ptrdiff_t n) {
+    FM_I m = FM_FN(fm_key)(-INFINITY);
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FM_I k = FM_FN(fm_key)(x[j]);
+        m = k > m ? k : m;
+    }
+    return FM_FN(fm_unkey)(m);
+}
+
+/* acc[k] += exp(x[j + k] - m) over the row in lanes; with store, each exp(x - m) also
+ * goes to out. The last partial lane group goes through a buffer padded with -inf, whose
+ * exp adds 0 (or NaN when m is -inf, where the row's own exps are NaN already). */
+FM_INLINE void FM_FN(fm_exp_lanes)(const FM_T *FM_RESTRICT x, FM_T m, FM_T *FM_RESTRICT out,
+                                   ptrdiff_t n, int store, double *FM_RESTRICT acc) {
+    ptrdiff_t j = 0;
+    for (; j + FM_L <= n; j += FM_L)
+        for (int k = 0; k < FM_L; k++) {
+            FM_T e = FM_EXP(x[j + k] - m);
+            if (store) out[j + k] = e;
+            acc[k] += e;
+        }
+    if (j < n) {
+        FM_T buf[FM_L];
+        for (int k = 0; k < FM_L; k++) buf[k] = j + k < n ? x[j + k] : -INFINITY;
+        for (int k = 0; k < FM_L; k++) {
+            buf[k] = FM_EXP(buf[k] - m);
+            acc[k] += buf[k];
+        }
+        if (store)
+            for (int k = 0; j + k < n; k++) out[j + k] = buf[k];
+    }
+}
+
+/* sum(exp(x - m)) in double; with store, each exp(x - m) also goes to out */
+FM_INLINE double FM_FN(fm_exp_sum)(const FM_T *FM_RESTRICT x, FM_T m, FM_T *FM_RESTRICT out,
+                                   ptrdiff_t n, int store) {
+    double acc[FM_L] = {0};
+    FM_FN(fm_exp_lanes)(x, m, out, n, store, acc);
+    return fm_lanes_sum(acc);
+}
+
+FM_INLINE double FM_FN(fm_sum)(const FM_T *FM_RESTRICT a, ptrdiff_t n) {
+    double acc[FM_L] = {0};
+    ptrdiff_t j = 0;
+    for (; j + FM_L <= n; j += FM_L)
+        for (int k = 0; k < FM_L; k++) acc[k] += a[j + k];
+    for (int k = 0; j + k < n; k++) acc[k] += a[j + k];
+    return fm_lanes_sum(acc);
+}
+
+/* acc[k] += a[j + k] * b[j + k] in double, in lanes */
+FM_INLINE void FM_FN(fm_dot_lanes)(const FM_T *FM_RESTRICT a, const FM_T *FM_RESTRICT b,
+                                   ptrdiff_t n, double *FM_RESTRICT acc) {
+    ptrdiff_t j = 0;
+    for (; j + FM_L <= n; j += FM_L)
+        for (int k = 0; k < FM_L; k++) acc[k] += (double)a[j + k] * b[j + k];
+    for (int k = 0; j + k < n; k++) acc[k] += (double)a[j + k] * b[j + k];
+}
+
+FM_INLINE double FM_FN(fm_dot)(const FM_T *FM_RESTRICT a, const FM_T *FM_RESTRICT b,
+                               ptrdiff_t n) {
+    double acc[FM_L] = {0};
+    FM_FN(fm_dot_lanes)(a, b, n, acc);
+    return fm_lanes_sum(acc);
+}
+
+/* ------------------------------------------------------------------- row-wise */
+/* Two sweeps over the (cache-resident) row: the max, then exp and sum; then one scale. */
+FM_DISPATCH static void FM_FN(fastml_softmax_row)(const FM_T *FM_RESTRICT x,
+                                                  FM_T *FM_RESTRICT out, ptrdiff_t n) {
+    FM_T m = FM_FN(fm_row_max)(x, n);
+    FM_T inv = (FM_T)(1 / FM_FN(fm_exp_sum)(x, m, out, n, 1));
+    for (ptrdiff_t j = 0; j < n; j++) out[j] *= inv;
+}
+
+FM_DISPATCH static void FM_FN(fastml_log_softmax_row)(const FM_T *FM_RESTRICT x,
+                                                      FM_T *FM_RESTRICT out, ptrdiff_t n) {
+    FM_T m = FM_FN(fm_row_max)(x, n);
+    FM_T lse = (FM_T)log(FM_FN(fm_exp_sum)(x, m, NULL, n, 0));
+    for (ptrdiff_t j = 0; j < n; j++) out[j] = (x[j] - m) - lse;
+}
+
+FM_DISPATCH static void FM_FN(fastml_softmax_backward_row)(const FM_T *FM_RESTRICT g,
+                                                           const FM_T *FM_RESTRICT y,
+                                                           FM_T *FM_RESTRICT out, ptrdiff_t n) {
+    FM_T dot = (FM_T)FM_FN(fm_dot)(g, y, n);
+    for (ptrdiff_t j = 0; j < n; j++) out[j] = y[j] * (g[j] - dot);
+}
+
+FM_DISPATCH static void FM_FN(fastml_log_softmax_backward_row)(const FM_T *FM_RESTRICT g,
+                                                               const FM_T *FM_RESTRICT y,
+                                                               FM_T *FM_RESTRICT out,
+                                                               ptrdiff_t n) {
+    FM_T total = (FM_T)FM_FN(fm_sum)(g, n);
+    for (ptrdiff_t j = 0; j < n; j++) out[j] = g[j] - FM_EXP(y[j]) * total;
+}
+
+/* -------------------------------------------------------------- cross-entropy */
+/* One block of the online log-sum-exp: its max, one rescale of the running
+ * sums when the max grew, then exp(x - m) summed into the lanes (and w*x when want_wx). */
+FM_INLINE void FM_FN(fm_lse_block)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                                   ptrdiff_t len, int want_wx, FM_T *m_io, double *acc,
+                                   double *wacc) {
+    FM_T m = *m_io, bm = FM_FN(fm_row_max)(x, len);
+    if (bm > m) {
+        double scale = FM_EXP(m - bm);
+        for (int k = 0; k < FM_L; k++) acc[k] *= scale;
+        m = *m_io = bm;
+    }
+    FM_FN(fm_exp_lanes)(x, m, NULL, len, 0, acc);
+    if (want_wx)
+        FM_FN(fm_dot_lanes)(w, x, len, wacc);
+}
+
+FM_INLINE void FM_FN(fm_online_lse)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                                    ptrdiff_t n, int want_wx, FM_T *m, double *s,
+                                    double *wx) {
+    double acc[FM_L] = {0}, wacc[FM_L] = {0};
+    ptrdiff_t j = 0;
+    *m = -INFINITY;
+    for (; j + FM_CE_BLOCK <= n; j += FM_CE_BLOCK)
+        FM_FN(fm_lse_block)(x + j, w + j, FM_CE_BLOCK, want_wx, m, acc, wacc);
+    if (j < n)
+        FM_FN(fm_lse_block)(x + j, w + j, n - j, want_wx, m, acc, wacc);
+    *s = fm_lanes_sum(acc);
+    *wx = fm_lanes_sum(wacc);
+}
+
+/* Log-sum-exp parts of one row of logits: the max m, log(sum(exp(x - m))) and, when
+ * want_wx, sum(w * x). Blocked online pass (each logit read once from memory); a row
+ * where that is not finite (NaN / inf logits) is redone with the exact two-pass formula
+ * (NaN-propagating max, then the sum) so it comes out as in the reference. */
+FM_INLINE void FM_FN(fm_ce_lse)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                                ptrdiff_t n, int want_wx, double *m_out, double *log_s_out,
+                                double *wx_out) {
+    FM_T m;
+    double s, wx;
+    if (want_wx)
+        FM_FN(fm_online_lse)(x, w, n, 1, &m, &s, &wx);
+    else
+        FM_FN(fm_online_lse)(x, w, n, 0, &m, &s, &wx);
+    if (!(isfinite(m) && isfinite(s))) {
+        m = -INFINITY;
+        for (ptrdiff_t j = 0; j < n; j++) m = (x[j] > m || x[j] != x[j]) ? x[j] : m;
+        s = 0;
+        for (ptrdiff_t j = 0; j < n; j++) s += FM_EXP(x[j] - m);
+    }
+    *m_out = m;
+    *log_s_out = log(s);
+    *wx_out = wx;
+}
+
+FM_DISPATCH static fm_row_lse FM_FN(fastml_ce_row_lse)(const FM_T *FM_RESTRICT x,
+                                                        const FM_T *FM_RESTRICT w,
+                                                        ptrdiff_t n, int want_wx) {
+    fm_row_lse r;
+    FM_FN(fm_ce_lse)(x, w, n, want_wx, &r.m, &r.log_s, &r.wx);
+    return r;
+}
+
+/* One row of the cross-entropy gradient, given its log-sum-exp parts:
+ * out = coef * (a * (p - onehot(t)) + b * (sw * p - w)), p = exp(x - m - log_s);
+ * the b term only when smoothing. */
+FM_INLINE FM_T FM_FN(fm_ce_grad_elem)(FM_T p, FM_T onehot, FM_T wj, FM_T a, FM_T b, FM_T sw,
+                                      FM_T coef, int smooth) {
+    FM_T g = a * (p - onehot);
+    if (smooth) g = g + b * (sw * p - wj);
+    return g * coef;
+}
+
+FM_INLINE void FM_FN(fm_ce_grad_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                                      ptrdiff_t n, ptrdiff_t t, FM_T m, FM_T log_s, FM_T a,
+                                      FM_T b, FM_T sw, FM_T coef, int smooth,
+                                      FM_T *FM_RESTRICT out) {
+    for (ptrdiff_t j = 0; j < n; j++)
+        out[j] = FM_FN(fm_ce_grad_elem)(FM_EXP((x[j] - m) - log_s), 0, w[j], a, b, sw, coef,
+                                        smooth);
+    out[t] = FM_FN(fm_ce_grad_elem)(FM_EXP((x[t] - m) - log_s), 1, w[t], a, b, sw, coef,
+                                    smooth);
+}
+
+FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
+                                                  const FM_T *FM_RESTRICT w, ptrdiff_t n,
+                                                  ptrdiff_t t, double a, double b, double sw,
+                                                  double coef, FM_T *FM_RESTRICT out) {
+    double m, log_s, wx;
+    FM_FN(fm_ce_lse)(x, w, n, 0, &m, &log_s, &wx);
+    if (b != 0)
+        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, (FM_T)b, (FM_T)sw,
+                               (FM_T)coef, 1, out);
+    else
+        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, 0, 0, (FM_T)coef,
+                               0, out);
+}
+
+#undef FM_EXP
+#undef FM_L

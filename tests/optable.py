@@ -34,6 +34,7 @@ class Row:
     bench: Callable[[Any], dict] | None = None  # dtype -> large arguments for benchmarks
     peer: Callable[[dict], Any] | None = None   # PyTorch / scikit-learn equivalent for benchmarks
     bench_call: Callable[[dict], Any] | None = None  # in-place ops: update without copying
+    large: Callable[[Any], dict] | None = None  # dtype -> large test inputs (default: bench's)
 
     def timed(self, args):
         """What the benchmark times: the op itself, without the tests' defensive copies."""
@@ -82,9 +83,14 @@ def binary(draw, dtype, other, lo=-100.0, hi=100.0):
     return {"grad_out": draw(arrays(dtype, shape)), other: draw(arrays(dtype, shape, lo, hi))}
 
 
+def row_lengths(short=8):
+    """Mostly short rows, sometimes rows long enough for the kernels' vector blocks and tails."""
+    return st.one_of(st.integers(0, short), st.integers(0, short), st.integers(60, 140))
+
+
 @st.composite
 def rowwise(draw, dtype, names, lo=-30.0, hi=30.0):
-    shape = draw(shapes())
+    shape = draw(st.one_of(shapes(), st.tuples(st.integers(1, 3), row_lengths())))
     axis = draw(st.integers(-len(shape), len(shape) - 1))
     out = {n: draw(arrays(dtype, shape, lo, hi)) for n in names}
     out["axis"] = axis
@@ -114,7 +120,7 @@ def mse_inputs(draw, dtype):
 
 @st.composite
 def ce_inputs(draw, dtype):
-    n, c = draw(st.integers(0, 8)), draw(st.integers(1, 8))
+    n, c = draw(st.integers(0, 8)), max(1, draw(row_lengths()))
     ignore_index = draw(st.sampled_from([-100, 0, c - 1]))
     tdtype = draw(st.sampled_from([np.int64, np.int32, np.int16, np.uint8]))
     if np.dtype(tdtype).kind == "u" and ignore_index < 0:
@@ -181,14 +187,14 @@ def _copy_inplace(d, names):
 def _sgd(d):
     d = _copy_inplace(d, ("param", "momentum_buffer"))
     optim.sgd_step(**d)
-    return d["param"], (d["momentum_buffer"] if d["momentum"] else None)
+    return d["param"], (d["momentum_buffer"] if d.get("momentum") else None)
 
 
 def _adam(d):
     d = _copy_inplace(d, ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
     optim.adam_step(**d)
     return d["param"], d["exp_avg"], d["exp_avg_sq"], \
-        (d["max_exp_avg_sq"] if d["amsgrad"] else None)
+        (d["max_exp_avg_sq"] if d.get("amsgrad") else None)
 
 
 def _kernel(name):
@@ -207,10 +213,26 @@ def _rows_bench(dtype, names=("x",)):
     return {k: rng.standard_normal((4096, 1000)).astype(dtype) for k in names}
 
 
+def _backward_bench(dtype, forward):
+    """grad_out and y = forward(x): y in the forward's range, as in training."""
+    d = _rows_bench(dtype, ("grad_out", "x"))
+    with fastml.use_backend("numpy"):
+        return {"grad_out": d["grad_out"], "y": forward(d["x"])}
+
+
 def _ce_bench(dtype):
     rng = np.random.default_rng(0)
     return {"input": rng.standard_normal((4096, 1000)).astype(dtype),
             "target": rng.integers(0, 1000, 4096)}
+
+
+def _ce_large(dtype):
+    """Every option at once, and 1000-long rows: the blocked and parallel paths."""
+    d = _ce_bench(dtype)
+    rng = np.random.default_rng(1)
+    d["target"][rng.integers(0, 4096, 100)] = -100
+    return {**d, "weight": rng.uniform(0, 2, 1000).astype(dtype), "label_smoothing": 0.1,
+            "reduction": "none"}
 
 
 def _adam_bench(dtype):
@@ -283,23 +305,23 @@ ROWS = [
     Row("layers.sigmoid", lambda d: layers.sigmoid(**d), unary, bench=_ew_bench,
         peer=_peer_unary("sigmoid")),
     Row("layers.sigmoid_backward", lambda d: layers.sigmoid_backward(**d),
-        lambda t: binary(t, "y", 0, 1), bench=lambda t: _ew_bench(t, ("grad_out", "y"))),
+        lambda t: binary(t, "y", 0, 1), bench=lambda t: _backward_bench(t, layers.sigmoid)),
     Row("layers.tanh", lambda d: layers.tanh(**d), unary, bench=_ew_bench,
         peer=_peer_unary("tanh")),
     Row("layers.tanh_backward", lambda d: layers.tanh_backward(**d),
-        lambda t: binary(t, "y", -1, 1), bench=lambda t: _ew_bench(t, ("grad_out", "y"))),
+        lambda t: binary(t, "y", -1, 1), bench=lambda t: _backward_bench(t, layers.tanh)),
     Row("layers.softmax", lambda d: layers.softmax(**d), lambda t: rowwise(t, ["x"]),
         bench=_rows_bench,
         peer=lambda d: _torch().softmax(_torch().from_numpy(d["x"]), dim=-1)),
     Row("layers.softmax_backward", lambda d: layers.softmax_backward(**d),
         lambda t: rowwise(t, ["grad_out", "y"], -1, 1), reduces=True,
-        bench=lambda t: _rows_bench(t, ("grad_out", "y"))),
+        bench=lambda t: _backward_bench(t, layers.softmax)),
     Row("layers.log_softmax", lambda d: layers.log_softmax(**d), lambda t: rowwise(t, ["x"]),
         bench=_rows_bench,
         peer=lambda d: _torch().log_softmax(_torch().from_numpy(d["x"]), dim=-1)),
     Row("layers.log_softmax_backward", lambda d: layers.log_softmax_backward(**d),
         lambda t: rowwise(t, ["grad_out", "y"], -10, 0), reduces=True,
-        bench=lambda t: _rows_bench(t, ("grad_out", "y"))),
+        bench=lambda t: _backward_bench(t, layers.log_softmax)),
     Row("losses.mse_loss", lambda d: losses.mse_loss(**d), mse_inputs, reduces=True,
         bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()},
         peer=lambda d: _torch().nn.functional.mse_loss(_torch().from_numpy(d["input"]),
@@ -307,11 +329,11 @@ ROWS = [
     Row("losses.mse_loss_grad", lambda d: losses.mse_loss_grad(**d), mse_inputs,
         bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()}),
     Row("losses.cross_entropy", lambda d: losses.cross_entropy(**d), ce_inputs, reduces=True,
-        bench=_ce_bench,
+        bench=_ce_bench, large=_ce_large,
         peer=lambda d: _torch().nn.functional.cross_entropy(_torch().from_numpy(d["input"]),
                                                             _torch().from_numpy(d["target"]))),
     Row("losses.cross_entropy_grad", lambda d: losses.cross_entropy_grad(**d), ce_inputs,
-        reduces=True, bench=_ce_bench, peer=_peer_ce),
+        reduces=True, bench=_ce_bench, large=_ce_large, peer=_peer_ce),
     Row("optim.sgd_step", _sgd, sgd_inputs, bench=_sgd_bench,
         bench_call=lambda d: optim.sgd_step(**d)),
     Row("optim.adam_step", _adam, adam_inputs, bench=_adam_bench,
@@ -335,5 +357,6 @@ def accelerated_backends():
 
 
 def size_of(args: dict) -> int:
-    """The longest reduction a row's inputs can contain: the largest array size."""
-    return max([np.size(a) for a in args.values() if isinstance(a, np.ndarray)] or [1])
+    """Bound on the longest reduction in a row's inputs: their longest axis."""
+    return max([max(a.shape, default=1) for a in args.values() if isinstance(a, np.ndarray)]
+               or [1])

@@ -1,6 +1,8 @@
 """Property tests: every op of the table, on every accelerated backend, equals the reference."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,9 @@ from hypothesis import strategies as st
 import fastml
 from fastml.backends.reference import ReferenceBackend
 
-from optable import ROWS, accelerated_backends, size_of
+from fastml._compat import simulator_enabled
+
+from optable import ROWS, ROW_BY_OP, accelerated_backends, size_of
 
 # The simulator interprets kernels in Python: fewer examples keep CI fast.
 EXAMPLES = {"cuda": 6}
@@ -82,3 +86,35 @@ def test_read_only_inputs(backend, row):
         assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 
     check()
+
+
+@functools.lru_cache(maxsize=1)
+def _large_args(op, dtype):
+    """Benchmark-sized inputs with NaN (and, outside preprocessing, +-inf) sprinkled in."""
+    row = ROW_BY_OP[op]
+    args = (row.large or row.bench)(dtype)
+    rng = np.random.default_rng(7)
+    specials = [np.nan] if op.startswith("preprocessing.") else [np.nan, np.inf, -np.inf]
+    for k, a in args.items():
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size > 1000 and \
+                k not in ("weight", "offset", "scale"):
+            a = args[k] = a.copy()
+            idx = rng.integers(0, a.size, a.size // 20000)
+            a.reshape(-1)[idx] = rng.choice(specials, idx.size)
+    return args
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.bench], ids=lambda r: r.op)
+@pytest.mark.parametrize("backend", [b for b in accelerated_backends()
+                                     if not (b == "cuda" and simulator_enabled())])
+def test_large_inputs(backend, row):
+    """The paths small generated inputs never reach: parallel twins, vector blocks and
+    their tails, the blocked log-sum-exp over 1000-long rows."""
+    dtype = np.float64 if row.op.startswith("preprocessing.") else np.float32
+    args = _large_args(row.op, dtype)
+    with fastml.use_backend("numpy"):
+        expected = row.call(args)
+    with fastml.use_backend(backend):
+        actual = row.call(args)
+    rtol, atol = row.tolerance(dtype, size_of(args))
+    assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")

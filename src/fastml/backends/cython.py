@@ -11,7 +11,7 @@ import numpy as np
 
 from .._cext import _elementwise, _linear, _losses, _optim, _preprocessing, _rowwise
 from .._config import get_num_threads, limit_blas_threads
-from .reference import ReferenceBackend
+from .reference import ReferenceBackend, op
 
 
 def _flat(a):
@@ -39,6 +39,7 @@ class CythonBackend(ReferenceBackend):
     name = "cython"
 
     # ------------------------------------------------------------------ layers
+    @op("layers")  # quiet NumPy's matmul warnings on NaN/inf, as the reference
     def linear(self, x, weight, bias):
         limit_blas_threads()
         out = x @ weight.T
@@ -46,6 +47,7 @@ class CythonBackend(ReferenceBackend):
             _linear.add_bias(out, bias)
         return out
 
+    @op("layers")
     def linear_backward(self, grad_out, x, weight, has_bias):
         limit_blas_threads()
         grad_x = grad_out @ weight

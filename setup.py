@@ -83,8 +83,10 @@ def extensions():
         "embedsignature": True,
     }
     # -fno-trapping-math lets gcc turn the NaN/overflow selects of the exp kernels into
-    # vector blends; it assumes nothing about finiteness (NaN and inf still propagate).
-    compile_args = ["-O3", "-fno-trapping-math"] if sys.platform != "win32" else ["/O2"]
+    # vector blends, and -fno-math-errno lets sqrt vectorize (no errno branch); neither
+    # assumes anything about finiteness (NaN and inf still propagate).
+    compile_args = (["-O3", "-fno-trapping-math", "-fno-math-errno"] if sys.platform != "win32"
+                    else ["/O2"])
     cext = os.path.join("src", "fastml", "_cext")
     # The vector loops in _kernels*.h (included by the generated C): their folder is on
     # the include path, and listing them as depends rebuilds on change and ships them

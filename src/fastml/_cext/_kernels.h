@@ -147,6 +147,10 @@ static inline double fm_unkey_f64(int64_t k) {
 /* log-sum-exp parts of a row of logits (see fm_ce_lse) */
 typedef struct { double m, log_s, wx; } fm_row_lse;
 
+/* libm sqrt; with -fno-math-errno it compiles to the vector instruction */
+FM_INLINE float fm_sqrt_f32(float x) { return sqrtf(x); }
+FM_INLINE double fm_sqrt_f64(double x) { return sqrt(x); }
+
 /* the lanes' sum, in a fixed order */
 FM_INLINE double fm_lanes_sum(const double *acc) {
     double s = 0;

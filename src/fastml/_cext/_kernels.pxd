@@ -34,6 +34,15 @@ cdef extern from "_kernels.h" nogil:
     void fastml_ce_grad_row_f64(const double* x, const double* w, Py_ssize_t n, Py_ssize_t t,
                                 double a, double b, double sw, double coef, double* out)
 
+    void fastml_adam_f32(float* param, const float* grad, float* m, float* v, float* vmax,
+                         Py_ssize_t n, float sign, float b1c, float b2, float b2c, float bc2,
+                         float eps, float step_size, float wd, float decay, int coupled,
+                         int amsgrad)
+    void fastml_adam_f64(double* param, const double* grad, double* m, double* v,
+                         double* vmax, Py_ssize_t n, double sign, double b1c, double b2,
+                         double b2c, double bc2, double eps, double step_size, double wd,
+                         double decay, int coupled, int amsgrad)
+
 
 cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:

@@ -218,3 +218,46 @@ FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
 
 #undef FM_EXP
 #undef FM_L
+
+/* ----------------------------------------------------------------- optimizers */
+/* One Adam / AdamW update, in place, in the reference's order of operations: maximize is
+ * sign = -1; decoupled weight decay multiplies param by decay (1 exactly when unused);
+ * coupled adds wd * param to the gradient. The flags are literals at the two call sites
+ * below, so each combination compiles to its own branch-free vector loop. */
+FM_INLINE void FM_FN(fm_adam)(FM_T *FM_RESTRICT param, const FM_T *FM_RESTRICT grad,
+                              FM_T *FM_RESTRICT m, FM_T *FM_RESTRICT v,
+                              FM_T *FM_RESTRICT vmax, ptrdiff_t n, FM_T sign, FM_T b1c,
+                              FM_T b2, FM_T b2c, FM_T bc2, FM_T eps, FM_T step_size, FM_T wd,
+                              FM_T decay, int coupled, int amsgrad) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        FM_T g = sign * grad[i];
+        FM_T p = param[i] * decay;
+        if (coupled) g = g + wd * p;
+        FM_T mi = m[i] + b1c * (g - m[i]);
+        FM_T s = v[i] * b2 + b2c * g * g;
+        m[i] = mi;
+        v[i] = s;
+        if (amsgrad) {  /* NaN-propagating max, as np.maximum */
+            FM_T vm = vmax[i];
+            s = (vm >= s || vm != vm) ? vm : s;
+            vmax[i] = s;
+        }
+        param[i] = p - step_size * (mi / (FM_FN(fm_sqrt)(s) / bc2 + eps));
+    }
+}
+
+FM_DISPATCH static void FM_FN(fastml_adam)(FM_T *FM_RESTRICT param,
+                                           const FM_T *FM_RESTRICT grad, FM_T *FM_RESTRICT m,
+                                           FM_T *FM_RESTRICT v, FM_T *FM_RESTRICT vmax,
+                                           ptrdiff_t n, FM_T sign, FM_T b1c, FM_T b2, FM_T b2c,
+                                           FM_T bc2, FM_T eps, FM_T step_size, FM_T wd,
+                                           FM_T decay, int coupled, int amsgrad) {
+#define FM_ADAM_CASE(C, A) FM_FN(fm_adam)(param, grad, m, v, vmax, n, sign, b1c, b2, b2c, \
+                                          bc2, eps, step_size, wd, decay, C, A)
+    if (coupled) {
+        if (amsgrad) FM_ADAM_CASE(1, 1); else FM_ADAM_CASE(1, 0);
+    } else {
+        if (amsgrad) FM_ADAM_CASE(0, 1); else FM_ADAM_CASE(0, 0);
+    }
+#undef FM_ADAM_CASE
+}

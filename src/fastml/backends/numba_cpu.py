@@ -87,7 +87,9 @@ class NumbaBackend(ReferenceBackend):
         _config.limit_blas_threads()
         out = np.dot(x, weight.T)
         if bias is not None:
-            _run(K.add_bias, out.size, out, bias)
+            # Serial on purpose, here and for grad_bias: an OpenMP team between two
+            # threaded BLAS calls fights BLAS's spinning workers (2x slower linear).
+            K.add_bias.serial(out, bias)
         return out
 
     @op("layers")
@@ -97,8 +99,7 @@ class NumbaBackend(ReferenceBackend):
         grad_weight = np.dot(grad_out.T, x)
         grad_bias = None
         if has_bias:
-            grad_bias = _run(K.column_sum, grad_out.size, grad_out,
-                             chunked=True).astype(grad_out.dtype)
+            grad_bias = K.column_sum.serial(grad_out, 1).astype(grad_out.dtype)
         return grad_x, grad_weight, grad_bias
 
     @op("layers")

@@ -36,6 +36,7 @@ _instances: dict = {}
 _global_name: str | None = None
 _scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastml_backend", default=None)
 _num_threads: int | None = None
+_CPU_COUNT = os.cpu_count() or 1  # os.cpu_count() costs microseconds: read it once
 
 
 def _check_name(name) -> str:
@@ -135,12 +136,12 @@ def set_num_threads(n: int) -> None:
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
-    _num_threads = min(n, os.cpu_count() or 1)
+    _num_threads = min(n, _CPU_COUNT)
 
 
 def get_num_threads() -> int:
     """Threads the numba and cython backends may use (default: all cores)."""
-    return _num_threads or (os.cpu_count() or 1)
+    return _num_threads or _CPU_COUNT
 
 
 _blas_limit = {"applied": None, "controller": None}

@@ -1,0 +1,174 @@
+"""The reference against PyTorch: forward, backward, losses, gradients and optimizer steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastml
+from fastml import layers, losses, optim
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+RNG = np.random.default_rng(4321)
+
+
+@pytest.fixture(autouse=True)
+def _reference():
+    with fastml.use_backend("numpy"):
+        yield
+
+
+def rand(*shape, lo=-2.0, hi=2.0):
+    return RNG.uniform(lo, hi, shape)
+
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+
+
+def t_(a, grad=False):
+    return torch.from_numpy(np.array(a)).requires_grad_(grad)
+
+
+def close(actual, expected, dtype):
+    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else expected
+    np.testing.assert_allclose(actual, expected, **TOL[dtype])
+
+
+@DTYPES
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_linear_vs_torch(dtype, has_bias):
+    x, w, b, g = (rand(*s).astype(dtype) for s in [(2, 5, 7), (3, 7), (3,), (2, 5, 3)])
+    tx, tw, tb = t_(x, True), t_(w, True), t_(b, True)
+    y = F.linear(tx, tw, tb if has_bias else None)
+    y.backward(t_(g))
+    close(layers.linear(x, w, b if has_bias else None), y, dtype)
+    gx, gw, gb = layers.linear_backward(g, x, w, has_bias)
+    close(gx, tx.grad, dtype)
+    close(gw, tw.grad, dtype)
+    if has_bias:
+        close(gb, tb.grad, dtype)
+
+
+ELEMENTWISE = [("relu", torch.relu, False), ("sigmoid", torch.sigmoid, True),
+               ("tanh", torch.tanh, True)]
+
+
+@DTYPES
+@pytest.mark.parametrize("name,tfn,from_output", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
+def test_elementwise_vs_torch(dtype, name, tfn, from_output):
+    x = np.concatenate([rand(50) * 10, [0.0, -0.0, np.nan, np.inf, -np.inf, 50, -50]]).astype(dtype)
+    g = rand(x.size).astype(dtype)
+    tx = t_(x, True)
+    ty = tfn(tx)
+    ty.backward(t_(g))
+    y = getattr(layers, name)(x)
+    np.testing.assert_allclose(y, ty.detach().numpy(), equal_nan=True, **TOL[dtype])
+    got = getattr(layers, name + "_backward")(g, y if from_output else x)
+    np.testing.assert_allclose(got, tx.grad.numpy(), equal_nan=True, **TOL[dtype])
+
+
+@DTYPES
+@pytest.mark.parametrize("axis", [0, -1])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_rowwise_vs_torch(dtype, axis, name):
+    x = (rand(6, 9) * 5).astype(dtype)
+    x[1, 2], x[2, 3], x[3, :] = np.nan, np.inf, -np.inf
+    g = rand(6, 9).astype(dtype)
+    tx = t_(x, True)
+    ty = getattr(torch, name)(tx, dim=axis)
+    ty.backward(t_(g))
+    y = getattr(layers, name)(x, axis)
+    np.testing.assert_allclose(y, ty.detach().numpy(), equal_nan=True, **TOL[dtype])
+    got = getattr(layers, name + "_backward")(g, y, axis)
+    np.testing.assert_allclose(got, tx.grad.numpy(), equal_nan=True, **TOL[dtype])
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_vs_torch(dtype, reduction):
+    x, t = rand(4, 6).astype(dtype), rand(4, 6).astype(dtype)
+    tx = t_(x, True)
+    tl = F.mse_loss(tx, t_(t), reduction=reduction)
+    tl.sum().backward()
+    close(losses.mse_loss(x, t, reduction), tl, dtype)
+    close(losses.mse_loss_grad(x, t, reduction), tx.grad, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_cross_entropy_vs_torch(dtype, reduction, weighted, label_smoothing, ignore_index):
+    x = (rand(7, 5) * 3).astype(dtype)
+    t = np.array([0, 4, -100, 2, 1, 2, 3]) if ignore_index == -100 else np.array([0, 4, 2, 2, 1, 3, 3])
+    w = rand(5, lo=0.1, hi=2.0).astype(dtype) if weighted else None
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
+              label_smoothing=label_smoothing)
+    tx = t_(x, True)
+    tl = F.cross_entropy(tx, torch.from_numpy(t), **{**kw, "weight": None if w is None else t_(w)})
+    tl.sum().backward()
+    close(losses.cross_entropy(x, t, **kw), tl, dtype)
+    close(losses.cross_entropy_grad(x, t, **kw), tx.grad, dtype)
+
+
+def test_cross_entropy_all_ignored_mean_is_nan():
+    x = rand(3, 4)
+    t = np.full(3, -100)
+    tl = F.cross_entropy(t_(x), torch.from_numpy(t))
+    assert np.isnan(losses.cross_entropy(x, t)) and torch.isnan(tl)
+
+
+SGD_CASES = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, dampening=0.3),
+             dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+             dict(lr=0.01, weight_decay=0.1, maximize=True)]
+ADAM_CASES = [dict(), dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1), dict(amsgrad=True, lr=0.05),
+              dict(maximize=True, eps=1e-3), dict(decoupled=True, weight_decay=0.1, lr=0.02),
+              dict(decoupled=True, amsgrad=True, weight_decay=0.01)]
+
+
+@DTYPES
+@pytest.mark.parametrize("case", SGD_CASES, ids=str)
+def test_sgd_step_vs_torch(dtype, case):
+    p = rand(17).astype(dtype)
+    tp = t_(p.copy(), True)
+    opt = torch.optim.SGD([tp], foreach=False, **case)
+    buf = np.zeros_like(p)
+    kw = {k: v for k, v in case.items()}
+    for step in range(1, 21):
+        g = rand(17).astype(dtype)
+        tp.grad = t_(g)
+        opt.step()
+        optim.sgd_step(p, g, buf, step=step, **kw)
+    close(p, tp, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("case", ADAM_CASES, ids=str)
+def test_adam_step_vs_torch(dtype, case):
+    case = dict(case)
+    decoupled = case.pop("decoupled", False)
+    p = rand(17).astype(dtype)
+    tp = t_(p.copy(), True)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opt = cls([tp], foreach=False, **{"weight_decay": 0.0, **case})
+    m, v, vmax = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    beta1, beta2 = case.pop("betas", (0.9, 0.999))
+    for step in range(1, 21):
+        g = rand(17).astype(dtype)
+        tp.grad = t_(g)
+        opt.step()
+        optim.adam_step(p, g, m, v, vmax, step=step, beta1=beta1, beta2=beta2,
+                        decoupled_weight_decay=decoupled, **case)
+    close(p, tp, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_grad_all_ignored_is_zero(reduction):
+    x = rand(3, 4)
+    t = np.full(3, -100)
+    tx = t_(x, True)
+    F.cross_entropy(tx, torch.from_numpy(t), reduction=reduction).backward()
+    got = losses.cross_entropy_grad(x, t, reduction=reduction)
+    assert not tx.grad.any() and not got.any() and not np.isnan(got).any()

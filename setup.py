@@ -103,8 +103,14 @@ def extensions():
         )
         for pyx in sorted(glob.glob(os.path.join(cext, "*.pyx")))
     ]
-    # force: cythonize does not notice a change of directives, so a debug build regenerates C.
-    return cythonize(exts, compiler_directives=directives, include_path=[cext], force=debug)
+    # cythonize does not notice a change of directives: regenerate the C whenever the
+    # debug switch differs from the one the existing C files were generated with.
+    stamp = os.path.join(cext, ".cython-debug")
+    previous = open(stamp).read() if os.path.exists(stamp) else None
+    force = previous != str(debug)
+    with open(stamp, "w") as f:
+        f.write(str(debug))
+    return cythonize(exts, compiler_directives=directives, include_path=[cext], force=force)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -167,6 +167,33 @@ def adam_inputs(draw, dtype):
 
 
 @st.composite
+def rmsprop_inputs(draw, dtype):
+    shape = draw(shapes(max_dims=2))
+    return {"param": draw(arrays(dtype, shape, -10, 10)),
+            "grad": draw(arrays(dtype, shape, -10, 10)),
+            "square_avg": draw(arrays(dtype, shape, 0, 2, special=False)),
+            "momentum_buffer": draw(arrays(dtype, shape, -1, 1, special=False)),
+            "grad_avg": draw(arrays(dtype, shape, -1, 1, special=False)),
+            "lr": draw(st.sampled_from([1e-2, 0.5])), "alpha": draw(st.sampled_from([0.99, 0.5])),
+            "eps": draw(st.sampled_from([1e-8, 1e-3])),
+            "weight_decay": draw(st.sampled_from([0.0, 1e-2])),
+            "momentum": draw(st.sampled_from([0.0, 0.9])),
+            "centered": draw(st.booleans()), "maximize": draw(st.booleans())}
+
+
+@st.composite
+def adagrad_inputs(draw, dtype):
+    shape = draw(shapes(max_dims=2))
+    return {"param": draw(arrays(dtype, shape, -10, 10)),
+            "grad": draw(arrays(dtype, shape, -10, 10)),
+            "state_sum": draw(arrays(dtype, shape, 0, 10, special=False)),
+            "step": draw(st.sampled_from([1, 2, 10])), "lr": draw(st.sampled_from([1e-2, 0.5])),
+            "lr_decay": draw(st.sampled_from([0.0, 0.1])),
+            "weight_decay": draw(st.sampled_from([0.0, 1e-2])),
+            "eps": draw(st.sampled_from([1e-10, 1e-3])), "maximize": draw(st.booleans())}
+
+
+@st.composite
 def columns_inputs(draw, dtype, with_scale=False):
     n, f = draw(st.integers(0, 9)), draw(st.integers(0, 5))
     d = {"X": np.ascontiguousarray(draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
@@ -195,6 +222,20 @@ def _adam(d):
     optim.adam_step(**d)
     return d["param"], d["exp_avg"], d["exp_avg_sq"], \
         (d["max_exp_avg_sq"] if d.get("amsgrad") else None)
+
+
+def _rmsprop(d):
+    d = _copy_inplace(d, ("param", "square_avg", "momentum_buffer", "grad_avg"))
+    optim.rmsprop_step(**d)
+    return d["param"], d["square_avg"], \
+        (d["momentum_buffer"] if d.get("momentum") else None), \
+        (d["grad_avg"] if d.get("centered") else None)
+
+
+def _adagrad(d):
+    d = _copy_inplace(d, ("param", "state_sum"))
+    optim.adagrad_step(**d)
+    return d["param"], d["state_sum"]
 
 
 def _kernel(name):
@@ -240,6 +281,16 @@ def _adam_bench(dtype):
     n = 10_000_000
     return {"param": rng.standard_normal(n).astype(dtype), "grad": rng.standard_normal(n).astype(dtype),
             "exp_avg": np.zeros(n, dtype), "exp_avg_sq": np.zeros(n, dtype), "step": 1}
+
+
+def _rmsprop_bench(dtype):
+    d = _adam_bench(dtype)
+    return {"param": d["param"], "grad": d["grad"], "square_avg": d["exp_avg_sq"]}
+
+
+def _adagrad_bench(dtype):
+    d = _adam_bench(dtype)
+    return {"param": d["param"], "grad": d["grad"], "state_sum": d["exp_avg_sq"], "step": 1}
 
 
 def _sgd_bench(dtype):
@@ -338,6 +389,10 @@ ROWS = [
         bench_call=lambda d: optim.sgd_step(**d)),
     Row("optim.adam_step", _adam, adam_inputs, bench=_adam_bench,
         bench_call=lambda d: optim.adam_step(**d)),
+    Row("optim.rmsprop_step", _rmsprop, rmsprop_inputs, bench=_rmsprop_bench,
+        bench_call=lambda d: optim.rmsprop_step(**d)),
+    Row("optim.adagrad_step", _adagrad, adagrad_inputs, bench=_adagrad_bench,
+        bench_call=lambda d: optim.adagrad_step(**d)),
     Row("preprocessing.column_stats", _kernel("column_stats"), columns_inputs, reduces=True,
         tol={np.dtype(np.float32): (1e-12, 1e-9), np.dtype(np.float64): (1e-12, 1e-9)},
         bench=_columns_bench),

@@ -30,6 +30,8 @@ KERNELS = {
     "affine_cols": ("f2", "d1", "d1", "f2", "b"),
     "sgd": ("f1",) * 3 + ("s",) * 4 + ("b",) * 5,
     "adam": ("f1",) * 5 + ("s",) * 8 + ("b",) * 4,
+    "rmsprop": ("f1",) * 5 + ("s",) * 6 + ("b",) * 4,
+    "adagrad": ("f1",) * 3 + ("s",) * 3 + ("b",) * 2,
     "softmax_rows": ("f2", "f2", "b", "s", "s", "s"),
     "softmax_backward_rows": ("f2", "f2", "f2", "b", "s"),
     "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),

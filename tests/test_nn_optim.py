@@ -18,7 +18,7 @@ CPU_BACKENDS = [b for b in fastml.available_backends() if b != "cuda"]
 # What modules and optimizers run; a backend's own kernels are tested in test_ops.py.
 USED_OPS = ("layers.linear", "layers.linear_backward", "layers.relu", "layers.relu_backward",
             "losses.cross_entropy", "losses.cross_entropy_grad", "optim.sgd_step",
-            "optim.adam_step")
+            "optim.adam_step", "optim.rmsprop_step", "optim.adagrad_step")
 
 
 @pytest.fixture(autouse=True)
@@ -270,6 +270,13 @@ OPT_CASES = [
     ("Adam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
     ("AdamW", dict()),
     ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("RMSprop", dict()),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9)),
+    ("RMSprop", dict(lr=0.005, centered=True, momentum=0.5, eps=1e-6)),
+    ("Adagrad", dict()),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05)),
+    ("Adagrad", dict(initial_accumulator_value=0.1, eps=1e-6, maximize=True)),
 ]
 
 
@@ -316,13 +323,24 @@ def test_optimizer_tracks_torch(backend, name, kwargs, dtype):
     (optim.Adam, dict(betas=(0.9, -0.1)), "Invalid beta parameter at index 1"),
     (optim.Adam, dict(weight_decay=-0.1), "Invalid weight_decay value"),
     (optim.AdamW, dict(lr=-1), "Invalid learning rate"),
+    (optim.RMSprop, dict(lr=-1e-2), "Invalid learning rate"),
+    (optim.RMSprop, dict(eps=-1.0), "Invalid epsilon value"),
+    (optim.RMSprop, dict(momentum=-0.1), "Invalid momentum value"),
+    (optim.RMSprop, dict(weight_decay=-0.1), "Invalid weight_decay value"),
+    (optim.RMSprop, dict(alpha=-0.5), "Invalid alpha value"),
+    (optim.Adagrad, dict(lr=float("nan")), "Invalid learning rate"),
+    (optim.Adagrad, dict(lr_decay=-0.1), "Invalid lr_decay value"),
+    (optim.Adagrad, dict(weight_decay=-0.1), "Invalid weight_decay value"),
+    (optim.Adagrad, dict(initial_accumulator_value=-1), "Invalid initial_accumulator_value"),
+    (optim.Adagrad, dict(eps=-1e-10), "Invalid epsilon value"),
 ])
 def test_constructor_validation(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls([np.zeros(3)], **kwargs)
 
 
-@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop,
+                                 optim.Adagrad])
 def test_params_validation(cls):
     with pytest.raises(ValueError, match="empty parameter list"):
         cls([])
@@ -343,6 +361,10 @@ def test_defaults_follow_torch():
     assert adam["betas"] == (0.9, 0.999) and adam["eps"] == 1e-8 and adam["weight_decay"] == 0
     adamw = optim.AdamW(p).defaults
     assert adamw["weight_decay"] == 1e-2 and adamw["decoupled_weight_decay"] is True
+    rms = optim.RMSprop(p).defaults
+    assert rms["lr"] == 1e-2 and rms["alpha"] == 0.99 and rms["eps"] == 1e-8
+    adagrad = optim.Adagrad(p).defaults
+    assert adagrad["lr"] == 1e-2 and adagrad["eps"] == 1e-10 and adagrad["lr_decay"] == 0
 
 
 @pytest.mark.parametrize("cls", [optim.SGD, optim.Adam])
@@ -375,6 +397,16 @@ def test_state_is_lazy_and_torch_shaped():
     adam = optim.Adam([np.ones(3)], amsgrad=True)
     adam.step([np.ones(3)])
     assert set(adam.state[0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    rms = optim.RMSprop([np.ones(3)])
+    rms.step([np.ones(3)])
+    assert set(rms.state[0]) == {"step", "square_avg"}
+    rms = optim.RMSprop([np.ones(3)], momentum=0.9, centered=True)
+    rms.step([np.ones(3)])
+    assert set(rms.state[0]) == {"step", "square_avg", "momentum_buffer", "grad_avg"}
+    adagrad = optim.Adagrad([np.ones(3)], initial_accumulator_value=0.5)
+    adagrad.step([np.ones(3)])
+    assert set(adagrad.state[0]) == {"step", "sum"}
+    np.testing.assert_array_equal(adagrad.state[0]["sum"], 1.5)
 
 
 def test_param_groups_lr_change_takes_effect():
@@ -389,6 +421,8 @@ def test_param_groups_lr_change_takes_effect():
     ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
     ("Adam", dict(lr=0.01, amsgrad=True)),
     ("AdamW", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_optimizer_state_dict_round_trip(name, kwargs, dtype):

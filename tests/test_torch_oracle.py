@@ -164,6 +164,45 @@ def test_adam_step_vs_torch(dtype, case):
     close(p, tp, dtype)
 
 
+RMSPROP_CASES = [dict(), dict(lr=0.05, alpha=0.9, weight_decay=0.1), dict(momentum=0.9),
+                 dict(centered=True, lr=0.02), dict(centered=True, momentum=0.5, eps=1e-3),
+                 dict(maximize=True, weight_decay=0.01, momentum=0.3, centered=True)]
+ADAGRAD_CASES = [dict(), dict(lr=0.1, lr_decay=0.05), dict(weight_decay=0.1, eps=1e-6),
+                 dict(maximize=True, lr_decay=0.01, weight_decay=0.01)]
+
+
+@DTYPES
+@pytest.mark.parametrize("case", RMSPROP_CASES, ids=str)
+def test_rmsprop_step_vs_torch(dtype, case):
+    p = rand(17).astype(dtype)
+    tp = t_(p.copy(), True)
+    opt = torch.optim.RMSprop([tp], foreach=False, **case)
+    sq, buf, gavg = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    for _ in range(20):
+        g = rand(17).astype(dtype)
+        tp.grad = t_(g)
+        opt.step()
+        optim.rmsprop_step(p, g, sq, buf, gavg, **case)
+    close(p, tp, dtype)
+    close(sq, opt.state[tp]["square_avg"], dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("case", ADAGRAD_CASES, ids=str)
+def test_adagrad_step_vs_torch(dtype, case):
+    p = rand(17).astype(dtype)
+    tp = t_(p.copy(), True)
+    opt = torch.optim.Adagrad([tp], foreach=False, **case)
+    state_sum = np.zeros_like(p)
+    for step in range(1, 21):
+        g = rand(17).astype(dtype)
+        tp.grad = t_(g)
+        opt.step()
+        optim.adagrad_step(p, g, state_sum, step=step, **case)
+    close(p, tp, dtype)
+    close(state_sum, opt.state[tp]["sum"], dtype)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_grad_all_ignored_is_zero(reduction):
     x = rand(3, 4)

@@ -5,7 +5,8 @@ Each ``*_step`` updates ``param`` and its state arrays in place from ``grad``
 is the 1-based step count after this update. The accelerated backends fuse
 the whole update into one pass over the parameters.
 
-The classes :class:`SGD`, :class:`Adam` and :class:`AdamW` hold the state of
+The classes :class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop` and
+:class:`Adagrad` hold the state of
 a list of parameter arrays (updated in place) and call these steps, as
 ``torch.optim`` does: ``opt.step(grads)`` takes one gradient per parameter.
 """
@@ -16,7 +17,8 @@ import numpy as np
 from . import _validate as v
 from ._config import instance as _backend
 
-__all__ = ["sgd_step", "adam_step", "Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step", "Optimizer", "SGD", "Adam",
+           "AdamW", "RMSprop", "Adagrad"]
 
 
 def _run_inplace(method, op, arrays, kwargs):
@@ -109,6 +111,62 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
                       weight_decay=weight_decay, amsgrad=bool(amsgrad),
                       maximize=bool(maximize),
                       decoupled_weight_decay=bool(decoupled_weight_decay)))
+
+
+
+def rmsprop_step(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2,
+                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 maximize=False):
+    """One ``torch.optim.RMSprop`` update (``foreach=False``), in place.
+
+    ``g = ±grad + weight_decay * param``, ``sq = alpha * sq + (1 - alpha) * g**2``;
+    centered: ``ga = ga + (1 - alpha) * (g - ga)`` and ``avg = sqrt(sq - ga**2) + eps``,
+    else ``avg = sqrt(sq) + eps``; with momentum ``buf = momentum * buf + g / avg``
+    and ``param -= lr * buf``, else ``param -= lr * g / avg``.
+
+    Shapes/dtypes: param, grad, square_avg (and momentum_buffer, required when
+    momentum > 0, and grad_avg, required when centered) identical, float32/float64.
+    Raises TypeError (dtypes), ValueError (shapes, negative lr / alpha / eps /
+    weight_decay / momentum, a missing or read-only state).
+    """
+    op = "rmsprop_step"
+    lr = v.real_scalar(op, "lr", lr, 0.0)
+    alpha = v.real_scalar(op, "alpha", alpha, 0.0)
+    eps = v.real_scalar(op, "eps", eps, 0.0)
+    weight_decay = v.real_scalar(op, "weight_decay", weight_decay, 0.0)
+    momentum = v.real_scalar(op, "momentum", momentum, 0.0)
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError(f"{op}: argument 'momentum_buffer' is required when momentum > 0")
+    if centered and grad_avg is None:
+        raise ValueError(f"{op}: argument 'grad_avg' is required when centered=True")
+    _run_inplace("rmsprop_step", op,
+                 {"param": param, "grad": grad, "square_avg": square_avg,
+                  "momentum_buffer": momentum_buffer if momentum > 0 else None,
+                  "grad_avg": grad_avg if centered else None},
+                 dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                      momentum=momentum, centered=bool(centered), maximize=bool(maximize)))
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 eps=1e-10, maximize=False):
+    """One ``torch.optim.Adagrad`` update (``foreach=False``, dense), in place.
+
+    ``g = ±grad + weight_decay * param``, ``state_sum += g**2``,
+    ``param -= lr / (1 + (step - 1) * lr_decay) * g / (sqrt(state_sum) + eps)``.
+
+    Shapes/dtypes: param, grad, state_sum identical, float32/float64.
+    Raises TypeError (dtypes), ValueError (shapes, negative lr / lr_decay /
+    weight_decay / eps, step < 1, a read-only state).
+    """
+    op = "adagrad_step"
+    step = _step(op, step)
+    lr = v.real_scalar(op, "lr", lr, 0.0)
+    lr_decay = v.real_scalar(op, "lr_decay", lr_decay, 0.0)
+    weight_decay = v.real_scalar(op, "weight_decay", weight_decay, 0.0)
+    eps = v.real_scalar(op, "eps", eps, 0.0)
+    _run_inplace("adagrad_step", op, {"param": param, "grad": grad, "state_sum": state_sum},
+                 dict(step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                      maximize=bool(maximize)))
 
 
 
@@ -299,3 +357,78 @@ class AdamW(Adam):
                  amsgrad=False, *, maximize=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``), via :func:`rmsprop_step`.
+
+    State per parameter: ``step``, ``square_avg`` and, as torch, ``momentum_buffer``
+    when momentum > 0 and ``grad_avg`` when centered. Raises ValueError for a
+    negative lr, eps, momentum, weight_decay or alpha.
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, *, maximize=False):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize))
+
+    def _init_state(self, param):
+        return {"step": 0, "square_avg": np.zeros_like(param)}
+
+    def _update(self, param, grad, state, group):
+        state["step"] += 1
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = np.zeros_like(param)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = np.zeros_like(param)
+        rmsprop_step(param, grad, state["square_avg"], state.get("momentum_buffer"),
+                     state.get("grad_avg"), lr=group["lr"], alpha=group["alpha"],
+                     eps=group["eps"], weight_decay=group["weight_decay"],
+                     momentum=group["momentum"], centered=group["centered"],
+                     maximize=group["maximize"])
+
+
+class Adagrad(Optimizer):
+    """Adagrad (``torch.optim.Adagrad``), via :func:`adagrad_step`.
+
+    State per parameter: ``step`` and ``sum`` (starting at
+    initial_accumulator_value). Raises ValueError for a negative lr, lr_decay,
+    weight_decay, initial_accumulator_value or eps.
+    """
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, *, maximize=False):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= initial_accumulator_value:
+            raise ValueError(
+                f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def _init_state(self, param):
+        return {"step": 0, "sum": np.full_like(param,
+                                               self.param_groups[0]["initial_accumulator_value"])}
+
+    def _update(self, param, grad, state, group):
+        state["step"] += 1
+        adagrad_step(param, grad, state["sum"], step=state["step"], lr=group["lr"],
+                     lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                     eps=group["eps"], maximize=group["maximize"])

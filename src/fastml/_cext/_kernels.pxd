@@ -42,6 +42,18 @@ cdef extern from "_kernels.h" nogil:
                          double* vmax, Py_ssize_t n, double sign, double b1c, double b2,
                          double b2c, double bc2, double eps, double step_size, double wd,
                          double decay, int coupled, int amsgrad)
+    void fastml_rmsprop_f32(float* param, const float* grad, float* sq, float* buf,
+                            float* gavg, Py_ssize_t n, float sign, float wd, float alpha,
+                            float alphac, float lr, float eps, float mom, int coupled,
+                            int centered, int momentum)
+    void fastml_rmsprop_f64(double* param, const double* grad, double* sq, double* buf,
+                            double* gavg, Py_ssize_t n, double sign, double wd, double alpha,
+                            double alphac, double lr, double eps, double mom, int coupled,
+                            int centered, int momentum)
+    void fastml_adagrad_f32(float* param, const float* grad, float* sum, Py_ssize_t n,
+                            float sign, float wd, float clr, float eps, int coupled)
+    void fastml_adagrad_f64(double* param, const double* grad, double* sum, Py_ssize_t n,
+                            double sign, double wd, double clr, double eps, int coupled)
 
 
 cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:

@@ -261,3 +261,78 @@ FM_DISPATCH static void FM_FN(fastml_adam)(FM_T *FM_RESTRICT param,
     }
 #undef FM_ADAM_CASE
 }
+
+/* One RMSprop update, in place, in the reference's order of operations: sign, alphac =
+ * 1 - alpha; buf is touched only with momentum and gavg only when centered. The flags are
+ * literals at the call sites below: one branch-free vector loop per combination. */
+FM_INLINE void FM_FN(fm_rmsprop)(FM_T *FM_RESTRICT param, const FM_T *FM_RESTRICT grad,
+                                 FM_T *FM_RESTRICT sq, FM_T *FM_RESTRICT buf,
+                                 FM_T *FM_RESTRICT gavg, ptrdiff_t n, FM_T sign, FM_T wd,
+                                 FM_T alpha, FM_T alphac, FM_T lr, FM_T eps, FM_T mom,
+                                 int coupled, int centered, int momentum) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        FM_T p = param[i];
+        FM_T g = sign * grad[i];
+        if (coupled) g = g + wd * p;
+        FM_T s = sq[i] * alpha + alphac * g * g;
+        sq[i] = s;
+        if (centered) {
+            FM_T a = gavg[i] + alphac * (g - gavg[i]);
+            gavg[i] = a;
+            s = s - a * a;
+        }
+        FM_T avg = FM_FN(fm_sqrt)(s) + eps;
+        if (momentum) {
+            FM_T b = buf[i] * mom + g / avg;
+            buf[i] = b;
+            param[i] = p - lr * b;
+        } else {
+            param[i] = p - lr * (g / avg);
+        }
+    }
+}
+
+FM_DISPATCH static void FM_FN(fastml_rmsprop)(FM_T *FM_RESTRICT param,
+                                              const FM_T *FM_RESTRICT grad,
+                                              FM_T *FM_RESTRICT sq, FM_T *FM_RESTRICT buf,
+                                              FM_T *FM_RESTRICT gavg, ptrdiff_t n, FM_T sign,
+                                              FM_T wd, FM_T alpha, FM_T alphac, FM_T lr,
+                                              FM_T eps, FM_T mom, int coupled, int centered,
+                                              int momentum) {
+#define FM_RMSPROP_CASE(W, C, M) FM_FN(fm_rmsprop)(param, grad, sq, buf, gavg, n, sign, wd, \
+                                                   alpha, alphac, lr, eps, mom, W, C, M)
+#define FM_RMSPROP_MOM(W, C) \
+    do { if (momentum) FM_RMSPROP_CASE(W, C, 1); else FM_RMSPROP_CASE(W, C, 0); } while (0)
+    if (coupled) {
+        if (centered) FM_RMSPROP_MOM(1, 1); else FM_RMSPROP_MOM(1, 0);
+    } else {
+        if (centered) FM_RMSPROP_MOM(0, 1); else FM_RMSPROP_MOM(0, 0);
+    }
+#undef FM_RMSPROP_MOM
+#undef FM_RMSPROP_CASE
+}
+
+/* One dense Adagrad update, in place: clr is the decayed learning rate; coupled weight
+ * decay is a literal flag at the two call sites. */
+FM_INLINE void FM_FN(fm_adagrad)(FM_T *FM_RESTRICT param, const FM_T *FM_RESTRICT grad,
+                                 FM_T *FM_RESTRICT sum, ptrdiff_t n, FM_T sign, FM_T wd,
+                                 FM_T clr, FM_T eps, int coupled) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        FM_T p = param[i];
+        FM_T g = sign * grad[i];
+        if (coupled) g = g + wd * p;
+        FM_T s = sum[i] + g * g;
+        sum[i] = s;
+        param[i] = p - clr * (g / (FM_FN(fm_sqrt)(s) + eps));
+    }
+}
+
+FM_DISPATCH static void FM_FN(fastml_adagrad)(FM_T *FM_RESTRICT param,
+                                              const FM_T *FM_RESTRICT grad,
+                                              FM_T *FM_RESTRICT sum, ptrdiff_t n, FM_T sign,
+                                              FM_T wd, FM_T clr, FM_T eps, int coupled) {
+    if (coupled)
+        FM_FN(fm_adagrad)(param, grad, sum, n, sign, wd, clr, eps, 1);
+    else
+        FM_FN(fm_adagrad)(param, grad, sum, n, sign, wd, clr, eps, 0);
+}

@@ -6,13 +6,15 @@ the reference's order of operations, so float32 follows NumPy's float32 math.
 
 Each thread updates one contiguous chunk through a loop outside the
 OpenMP-outlined ``prange`` body, where the flags and scalars would be read
-through a shared struct that the stores may alias. Adam's loop is in
-_kernels.h (vectorized, CPU-dispatched); SGD's is memory-bound as it is.
+through a shared struct that the stores may alias. The Adam, RMSprop and
+Adagrad loops (sqrt and division) are in _kernels.h (vectorized,
+CPU-dispatched); SGD's is memory-bound as it is.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._kernels cimport fastml_adam_f32, fastml_adam_f64
+from ._kernels cimport (fastml_adagrad_f32, fastml_adagrad_f64, fastml_adam_f32,
+                       fastml_adam_f64, fastml_rmsprop_f32, fastml_rmsprop_f64)
 from ._scalar cimport PAR_MIN_WORK
 
 
@@ -92,3 +94,65 @@ cdef inline void _adam(floating* param, const floating* grad, floating* m, float
     else:
         fastml_adam_f64(param, grad, m, v, vmax, n, sign, b1c, b2, b2c, bc2, eps, step_size,
                         wd, decay, coupled, amsgrad)
+
+
+def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] square_avg,
+                 floating[::1] momentum_buffer, floating[::1] grad_avg, double lr, double alpha,
+                 double eps, double weight_decay, double momentum, bint centered,
+                 bint maximize, int num_threads):
+    """RMSprop. momentum_buffer is only touched when momentum > 0 and grad_avg
+    when centered (each may be None otherwise)."""
+    cdef Py_ssize_t c, lo, hi, n = param.shape[0]
+    cdef Py_ssize_t chunks = num_threads if n >= PAR_MIN_WORK else 1
+    if n == 0:
+        return
+    cdef bint use_momentum = momentum > 0
+    for c in prange(chunks, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=chunks > 1):
+        lo = c * n // chunks
+        hi = (c + 1) * n // chunks
+        _rmsprop(&param[lo], &grad[lo], &square_avg[lo],
+                 &momentum_buffer[lo] if use_momentum else NULL,
+                 &grad_avg[lo] if centered else NULL, hi - lo, -1 if maximize else 1,
+                 weight_decay, alpha, 1 - alpha, lr, eps, momentum, weight_decay != 0,
+                 centered, use_momentum)
+
+
+cdef inline void _rmsprop(floating* param, const floating* grad, floating* sq, floating* buf,
+                          floating* gavg, Py_ssize_t n, double sign, double wd, double alpha,
+                          double alphac, double lr, double eps, double mom, bint coupled,
+                          bint centered, bint momentum) noexcept nogil:
+    """The dtype's vector kernel (_kernels.h), scalars rounded to the dtype."""
+    if floating is float:
+        fastml_rmsprop_f32(param, grad, sq, buf, gavg, n, <float>sign, <float>wd,
+                           <float>alpha, <float>alphac, <float>lr, <float>eps, <float>mom,
+                           coupled, centered, momentum)
+    else:
+        fastml_rmsprop_f64(param, grad, sq, buf, gavg, n, sign, wd, alpha, alphac, lr, eps,
+                           mom, coupled, centered, momentum)
+
+
+def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] state_sum,
+                 double clr, double weight_decay, double eps, bint maximize, int num_threads):
+    """Adagrad (dense); clr is the decayed learning rate lr / (1 + (step - 1) * lr_decay)."""
+    cdef Py_ssize_t c, lo, hi, n = param.shape[0]
+    cdef Py_ssize_t chunks = num_threads if n >= PAR_MIN_WORK else 1
+    if n == 0:
+        return
+    for c in prange(chunks, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=chunks > 1):
+        lo = c * n // chunks
+        hi = (c + 1) * n // chunks
+        _adagrad(&param[lo], &grad[lo], &state_sum[lo], hi - lo, -1 if maximize else 1,
+                 weight_decay, clr, eps, weight_decay != 0)
+
+
+cdef inline void _adagrad(floating* param, const floating* grad, floating* state_sum,
+                          Py_ssize_t n, double sign, double wd, double clr, double eps,
+                          bint coupled) noexcept nogil:
+    """The dtype's vector kernel (_kernels.h), scalars rounded to the dtype."""
+    if floating is float:
+        fastml_adagrad_f32(param, grad, state_sum, n, <float>sign, <float>wd, <float>clr,
+                           <float>eps, coupled)
+    else:
+        fastml_adagrad_f64(param, grad, state_sum, n, sign, wd, clr, eps, coupled)

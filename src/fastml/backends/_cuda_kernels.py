@@ -16,6 +16,7 @@ which runs the tests, has none.
 """
 import math
 
+import numpy as np
 from numba import config, cuda, float64
 
 _SIM = bool(config.ENABLE_CUDASIM)
@@ -40,6 +41,14 @@ F64_KERNELS = {
 def _nanmax(a, b):
     """max(a, b) propagating NaN from either side, like np.maximum."""
     return b if (b > a or b != b) else a
+
+
+if _SIM:  # kernels run as Python there, whose math.sqrt raises below 0; NaN as on the device
+    _sqrt = np.sqrt
+else:
+    @cuda.jit(device=True)
+    def _sqrt(x):
+        return math.sqrt(x)
 
 
 @cuda.jit(device=True)
@@ -263,6 +272,45 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, weight_decay,
             max_exp_avg_sq[i] = v
         denom = math.sqrt(v) / bias_correction2_sqrt + eps
         param[i] = p - step_size * (m / denom)
+
+
+@cuda.jit
+def rmsprop(param, grad, square_avg, buf, grad_avg, alpha, one_m_alpha, lr, eps,
+            weight_decay, momentum, use_wd, centered, use_momentum, maximize):
+    """Fused torch.optim.RMSprop update; ``buf`` only touched with momentum, ``grad_avg``
+    only when centered."""
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        g = -grad[i] if maximize else grad[i]
+        p = param[i]
+        if use_wd:
+            g = g + weight_decay * p
+        s = square_avg[i] * alpha + one_m_alpha * g * g
+        square_avg[i] = s
+        if centered:
+            a = grad_avg[i]
+            a = a + one_m_alpha * (g - a)
+            grad_avg[i] = a
+            s = s - a * a
+        avg = _sqrt(s) + eps
+        if use_momentum:
+            b = buf[i] * momentum + g / avg
+            buf[i] = b
+            param[i] = p - lr * b
+        else:
+            param[i] = p - lr * (g / avg)
+
+
+@cuda.jit
+def adagrad(param, grad, state_sum, clr, eps, weight_decay, use_wd, maximize):
+    """Fused torch.optim.Adagrad (dense) update; clr is the decayed learning rate."""
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        g = -grad[i] if maximize else grad[i]
+        p = param[i]
+        if use_wd:
+            g = g + weight_decay * p
+        s = state_sum[i] + g * g
+        state_sum[i] = s
+        param[i] = p - clr * (g / (_sqrt(s) + eps))
 
 
 # ------------------------------------------------------------------ row-wise

@@ -530,6 +530,44 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, sign, decay, wd, beta
         param[i] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
 
 
+@twin
+def rmsprop(param, grad, square_avg, buf, grad_avg, sign, wd, alpha, alphac, lr, eps,
+            momentum, has_wd, centered, has_momentum):
+    """torch's single-tensor RMSprop; scalars in the param dtype, alphac = 1 - alpha."""
+    for i in prange(param.size):
+        p = param[i]
+        g = grad[i] * sign
+        if has_wd:
+            g = g + wd * p
+        s = square_avg[i] * alpha + alphac * g * g
+        square_avg[i] = s
+        if centered:
+            a = grad_avg[i]
+            a = a + alphac * (g - a)
+            grad_avg[i] = a
+            s = s - a * a
+        avg = np.sqrt(s) + eps
+        if has_momentum:
+            b = buf[i] * momentum + g / avg
+            buf[i] = b
+            param[i] = p - lr * b
+        else:
+            param[i] = p - lr * (g / avg)
+
+
+@twin
+def adagrad(param, grad, state_sum, sign, wd, clr, eps, has_wd):
+    """torch's single-tensor Adagrad; scalars in the param dtype, clr the decayed lr."""
+    for i in prange(param.size):
+        p = param[i]
+        g = grad[i] * sign
+        if has_wd:
+            g = g + wd * p
+        s = state_sum[i] + g * g
+        state_sum[i] = s
+        param[i] = p - clr * (g / (np.sqrt(s) + eps))
+
+
 # ---------------------------------------------------------- preprocessing
 _BLOCK = 4096  # elements per block of rows in column_stats: fits in L1/L2
 

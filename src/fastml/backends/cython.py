@@ -156,6 +156,19 @@ class CythonBackend(ReferenceBackend):
                          lr / (1 - beta1 ** step), weight_decay, 1 - lr * weight_decay,
                          decoupled_weight_decay, amsgrad, maximize, get_num_threads())
 
+    def rmsprop_step(self, param, grad, square_avg, momentum_buffer, grad_avg, lr, alpha,
+                     eps, weight_decay, momentum, centered, maximize):
+        _optim.rmsprop_step(_flat(param), _flat(grad), _flat(square_avg),
+                            _flat(momentum_buffer) if momentum > 0 else None,
+                            _flat(grad_avg) if centered else None, lr, alpha, eps,
+                            weight_decay, momentum, centered, maximize, get_num_threads())
+
+    def adagrad_step(self, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps,
+                     maximize):
+        _optim.adagrad_step(_flat(param), _flat(grad), _flat(state_sum),
+                            lr / (1 + (step - 1) * lr_decay), weight_decay, eps, maximize,
+                            get_num_threads())
+
     # ----------------------------------------------------------- preprocessing
     def column_stats(self, X):
         return _preprocessing.column_stats(X, get_num_threads())

@@ -208,6 +208,26 @@ class NumbaBackend(ReferenceBackend):
              t(lr / bias_correction1), t(bias_correction2_sqrt), t(eps),
              weight_decay != 0 and not decoupled_weight_decay, bool(amsgrad))
 
+    @op("optim")
+    def rmsprop_step(self, param, grad, square_avg, momentum_buffer, grad_avg, lr, alpha,
+                     eps, weight_decay, momentum, centered, maximize):
+        t = param.dtype.type
+        has_momentum = momentum > 0
+        buf = momentum_buffer if has_momentum else param  # placeholders, never touched
+        avg = grad_avg if centered else param
+        _run(K.rmsprop, param.size, param.reshape(-1), grad.reshape(-1), square_avg.reshape(-1),
+             buf.reshape(-1), avg.reshape(-1), t(-1 if maximize else 1), t(weight_decay),
+             t(alpha), t(1 - alpha), t(lr), t(eps), t(momentum), weight_decay != 0,
+             bool(centered), has_momentum)
+
+    @op("optim")
+    def adagrad_step(self, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps,
+                     maximize):
+        t = param.dtype.type
+        _run(K.adagrad, param.size, param.reshape(-1), grad.reshape(-1), state_sum.reshape(-1),
+             t(-1 if maximize else 1), t(weight_decay), t(lr / (1 + (step - 1) * lr_decay)),
+             t(eps), weight_decay != 0)
+
     # ----------------------------------------------------------- preprocessing
     @op("preprocessing")
     def column_stats(self, X):

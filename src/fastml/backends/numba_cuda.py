@@ -334,6 +334,20 @@ class CudaBackend(ReferenceBackend):
                    weight_decay != 0, bool(decoupled_weight_decay), bool(amsgrad),
                    bool(maximize))
 
+    def rmsprop_step(self, param, grad, square_avg, momentum_buffer, grad_avg, lr, alpha,
+                     eps, weight_decay, momentum, centered, maximize):
+        _step(_k().rmsprop,
+              (param, grad, square_avg, momentum_buffer if momentum > 0 else None,
+               grad_avg if centered else None),
+              *_consts(param.dtype, alpha, 1 - alpha, lr, eps, weight_decay, momentum),
+              weight_decay != 0, bool(centered), momentum > 0, bool(maximize))
+
+    def adagrad_step(self, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps,
+                     maximize):
+        _step(_k().adagrad, (param, grad, state_sum),
+              *_consts(param.dtype, lr / (1 + (step - 1) * lr_decay), eps, weight_decay),
+              weight_decay != 0, bool(maximize))
+
     # ----------------------------------------------------- preprocessing
     def column_stats(self, X):
         k = _k()

@@ -221,6 +221,38 @@ class ReferenceBackend:
             denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         param -= step_size * (exp_avg / denom)
 
+    @op("optim")
+    def rmsprop_step(self, param, grad, square_avg, momentum_buffer, grad_avg, lr, alpha,
+                     eps, weight_decay, momentum, centered, maximize):
+        """torch.optim.RMSprop single-tensor update, in place."""
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = g + weight_decay * param
+        square_avg *= alpha
+        square_avg += (1 - alpha) * g * g
+        if centered:
+            grad_avg += (1 - alpha) * (g - grad_avg)    # torch's lerp_(g, 1 - alpha)
+            avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            avg = np.sqrt(square_avg) + eps
+        if momentum > 0:
+            momentum_buffer *= momentum
+            momentum_buffer += g / avg
+            param -= lr * momentum_buffer
+        else:
+            param -= lr * (g / avg)
+
+    @op("optim")
+    def adagrad_step(self, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps,
+                     maximize):
+        """torch.optim.Adagrad single-tensor (dense) update, in place."""
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = g + weight_decay * param
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += g * g
+        param -= clr * (g / (np.sqrt(state_sum) + eps))
+
     # ----------------------------------------------------------- preprocessing
     @op("preprocessing")
     def column_stats(self, X):

@@ -72,3 +72,23 @@ def test_torch_adam(benchmark, fused):
     benchmark.group = "optim.adam_step"
     benchmark.extra_info["backend"] = f"torch-{'fused' if fused else 'foreach'}"
     benchmark(opt.step)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+def test_cross_entropy_loss_and_grad(benchmark, backend):
+    """What a training step needs, side by side: fastml's loss then its gradient (two fused
+    passes) against torch's forward + autograd backward."""
+    from optable import _peer_ce
+    from fastml import losses
+    args = inputs("losses.cross_entropy")
+    benchmark.group = "losses.cross_entropy + grad"
+    benchmark.extra_info["backend"] = backend
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        torch.set_num_threads(fastml.get_num_threads())
+        benchmark(_peer_ce, args)
+        return
+    with fastml.use_backend(backend):
+        step = lambda: (losses.cross_entropy(**args), losses.cross_entropy_grad(**args))  # noqa: E731
+        step()
+        benchmark(step)

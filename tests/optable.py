@@ -112,10 +112,16 @@ def linear_inputs(draw, dtype, backward=False):
 
 
 @st.composite
-def mse_inputs(draw, dtype):
+def mse_inputs(draw, dtype, lo=-100.0, hi=100.0):
     shape = draw(shapes())
-    return {"input": draw(arrays(dtype, shape)), "target": draw(arrays(dtype, shape)),
+    return {"input": draw(arrays(dtype, shape, lo, hi)), "target": draw(arrays(dtype, shape, lo, hi)),
             "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+
+
+@st.composite
+def huber_inputs(draw, dtype):
+    """Differences of the order of delta, so both branches (and the kink) are hit."""
+    return {**draw(mse_inputs(dtype, -4.0, 4.0)), "delta": draw(st.sampled_from([0.5, 1.0, 2.5]))}
 
 
 @st.composite
@@ -333,6 +339,20 @@ def _peer_unary(fname):
     return run
 
 
+def _pair_bench(dtype, **kw):
+    x = _ew_bench(dtype)["x"]
+    return {"input": x, "target": x[::-1].copy(), **kw}
+
+
+def _peer_loss(fname):
+    def run(d):
+        torch = _torch()
+        return getattr(torch.nn.functional, fname)(
+            torch.from_numpy(d["input"]), torch.from_numpy(d["target"]),
+            **{k: v for k, v in d.items() if k not in ("input", "target")})
+    return run
+
+
 def _peer_ce(d):
     torch = _torch()
     x = torch.from_numpy(d["input"]).requires_grad_()
@@ -374,11 +394,17 @@ ROWS = [
         lambda t: rowwise(t, ["grad_out", "y"], -10, 0), reduces=True,
         bench=lambda t: _backward_bench(t, layers.log_softmax)),
     Row("losses.mse_loss", lambda d: losses.mse_loss(**d), mse_inputs, reduces=True,
-        bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()},
-        peer=lambda d: _torch().nn.functional.mse_loss(_torch().from_numpy(d["input"]),
-                                                       _torch().from_numpy(d["target"]))),
+        bench=_pair_bench, peer=_peer_loss("mse_loss")),
     Row("losses.mse_loss_grad", lambda d: losses.mse_loss_grad(**d), mse_inputs,
-        bench=lambda t: {"input": _ew_bench(t)["x"], "target": _ew_bench(t)["x"][::-1].copy()}),
+        bench=_pair_bench),
+    Row("losses.l1_loss", lambda d: losses.l1_loss(**d), mse_inputs, reduces=True,
+        bench=_pair_bench, peer=_peer_loss("l1_loss")),
+    Row("losses.l1_loss_grad", lambda d: losses.l1_loss_grad(**d), mse_inputs,
+        bench=_pair_bench),
+    Row("losses.huber_loss", lambda d: losses.huber_loss(**d), huber_inputs, reduces=True,
+        bench=lambda t: _pair_bench(t, delta=1.0), peer=_peer_loss("huber_loss")),
+    Row("losses.huber_loss_grad", lambda d: losses.huber_loss_grad(**d), huber_inputs,
+        bench=lambda t: _pair_bench(t, delta=1.0)),
     Row("losses.cross_entropy", lambda d: losses.cross_entropy(**d), ce_inputs, reduces=True,
         bench=_ce_bench, large=_ce_large,
         peer=lambda d: _torch().nn.functional.cross_entropy(_torch().from_numpy(d["input"]),

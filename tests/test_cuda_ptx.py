@@ -22,10 +22,12 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 # arrays, i1 int64 array, s a scalar of the dtype, i an int64 scalar, b a bool.
 UNARY = ("f1", "f1", "s")
 BINARY = ("f1", "f1", "f1", "s")
+PARTIALS = ("f1", "f1", "s", "s", "d1")
 KERNELS = {
     "relu": UNARY, "sigmoid": UNARY, "tanh": UNARY,
     "relu_backward": BINARY, "sigmoid_backward": BINARY, "tanh_backward": BINARY,
-    "squared_error": BINARY, "scaled_diff": BINARY,
+    "squared_error": BINARY, "scaled_diff": BINARY, "abs_error": BINARY, "scaled_sign": BINARY,
+    "huber_error": BINARY + ("s",), "huber_grad": BINARY + ("s",),
     "ce_target_weight": ("i1", "f1", "i", "f1", "s"),
     "affine_cols": ("f2", "d1", "d1", "f2", "b"),
     "sgd": ("f1",) * 3 + ("s",) * 4 + ("b",) * 5,
@@ -37,7 +39,8 @@ KERNELS = {
     "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),
     "cross_entropy_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f2",
                                 "s", "s", "s"),
-    "sum_partials": ("f1", "f1", "b", "d1"),
+    "sum_partials": PARTIALS, "squared_error_partials": PARTIALS,
+    "abs_error_partials": PARTIALS, "huber_partials": PARTIALS,
     "col_sum_partial": ("f2", "f2", "s"),
     "col_stats_partial": ("f2", "d3"),
     "col_stats_merge": ("d3", "d2"),

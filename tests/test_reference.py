@@ -75,6 +75,31 @@ def test_mse_grad_fd(reduction):
     np.testing.assert_allclose(losses.mse_loss_grad(x, t, reduction), numeric_grad(loss, x), **FD)
 
 
+def _off_kinks(d, *kinks):
+    """d with the entries within 0.05 of a kink of the loss moved 0.5 away from it."""
+    for k in kinks:
+        d[np.abs(d - k) < 0.05] = k + 0.5
+    return d
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_l1_grad_fd(reduction):
+    t = rand(3, 4)
+    x = t + _off_kinks(rand(3, 4), 0.0)
+    loss = lambda: float(np.sum(losses.l1_loss(x, t, reduction)))  # noqa: E731
+    np.testing.assert_allclose(losses.l1_loss_grad(x, t, reduction), numeric_grad(loss, x), **FD)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("delta", [0.3, 1.0, 2.5])
+def test_huber_grad_fd(reduction, delta):
+    t = rand(3, 4)
+    x = t + _off_kinks(rand(3, 4) * 3, -delta, delta)
+    loss = lambda: float(np.sum(losses.huber_loss(x, t, reduction, delta)))  # noqa: E731
+    np.testing.assert_allclose(losses.huber_loss_grad(x, t, reduction, delta),
+                               numeric_grad(loss, x), **FD)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])

@@ -95,6 +95,57 @@ def test_mse_vs_torch(dtype, reduction):
     close(losses.mse_loss_grad(x, t, reduction), tx.grad, dtype)
 
 
+def _diffs(dtype, delta=1.0):
+    """(x, t) whose differences include 0, exactly +-delta, NaN and +-inf (from inf - inf too)."""
+    t = rand(4, 6)
+    x = t + rand(4, 6) * 3
+    t[0] = np.round(t[0] * 8) / 8  # eighths: t + delta is exact for the deltas tested
+    x[0] = t[0] + [0.0, delta, -delta, np.nan, np.inf, -np.inf]
+    x[1, 0], t[1, 0] = np.inf, np.inf
+    x[1, 1], t[1, 1] = -np.inf, 1.0
+    x[1, 2], t[1, 2] = 1.0, np.nan
+    x, t = x.astype(dtype), t.astype(dtype)
+    assert (x[0, :3] - t[0, :3] == np.array([0.0, delta, -delta], dtype)).all()
+    return x, t
+
+
+def _vs_torch(dtype, fname, x, t, reduction, **kw):
+    tx = t_(x, True)
+    tl = getattr(F, fname)(tx, t_(t), reduction=reduction, **kw)
+    tl.sum().backward()
+    for got, want in [(getattr(losses, fname)(x, t, reduction, **kw), tl),
+                      (getattr(losses, fname + "_grad")(x, t, reduction, **kw), tx.grad)]:
+        np.testing.assert_allclose(got, want.detach().numpy(), equal_nan=True, **TOL[dtype])
+    # without the special values: finite results, also for the reduced losses
+    tx = t_(x[2:], True)
+    tl = getattr(F, fname)(tx, t_(t[2:]), reduction=reduction, **kw)
+    tl.sum().backward()
+    close(getattr(losses, fname)(x[2:], t[2:], reduction, **kw), tl, dtype)
+    close(getattr(losses, fname + "_grad")(x[2:], t[2:], reduction, **kw), tx.grad, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_l1_vs_torch(dtype, reduction):
+    _vs_torch(dtype, "l1_loss", *_diffs(dtype), reduction)
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.5])
+def test_huber_vs_torch(dtype, reduction, delta):
+    _vs_torch(dtype, "huber_loss", *_diffs(dtype, delta), reduction, delta=delta)
+
+
+def test_huber_rejects_non_positive_delta_as_torch():
+    x = rand(3)
+    for delta in (0.0, -1.0):
+        with pytest.raises(RuntimeError, match="delta"):
+            F.huber_loss(t_(x), t_(x), delta=delta)
+        with pytest.raises(ValueError, match="delta"):
+            losses.huber_loss(x, x, delta=delta)
+
+
 @DTYPES
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])

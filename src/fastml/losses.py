@@ -12,7 +12,8 @@ from __future__ import annotations
 from . import _validate as v
 from ._config import instance as _backend
 
-__all__ = ["mse_loss", "mse_loss_grad", "cross_entropy", "cross_entropy_grad"]
+__all__ = ["mse_loss", "mse_loss_grad", "l1_loss", "l1_loss_grad", "huber_loss",
+           "huber_loss_grad", "cross_entropy", "cross_entropy_grad"]
 
 
 def _pair(op, input, target):
@@ -44,6 +45,55 @@ def mse_loss_grad(input, target, reduction="mean"):
     """
     input, target = _pair("mse_loss_grad", input, target)
     return _backend().mse_loss_grad(input, target, v.reduction("mse_loss_grad", reduction))
+
+
+def l1_loss(input, target, reduction="mean"):
+    """Mean absolute error ``|input - target|`` (``torch.nn.functional.l1_loss``).
+
+    Same shapes, returns and errors as :func:`mse_loss`.
+    """
+    input, target = _pair("l1_loss", input, target)
+    r = v.reduction("l1_loss", reduction)
+    out = _backend().l1_loss(input, target, r)
+    return out if r == "none" else float(out)
+
+
+def l1_loss_grad(input, target, reduction="mean"):
+    """Gradient of :func:`l1_loss` w.r.t. input: ``sign(input - target)`` (/ n for 'mean').
+
+    0 where ``input == target``, and where the difference is NaN, as PyTorch
+    (its sign of NaN is 0). Same arguments and errors as :func:`l1_loss`.
+    """
+    input, target = _pair("l1_loss_grad", input, target)
+    return _backend().l1_loss_grad(input, target, v.reduction("l1_loss_grad", reduction))
+
+
+def _huber_args(op, input, target, reduction, delta):
+    input, target = _pair(op, input, target)
+    return (input, target, v.reduction(op, reduction),
+            v.real_scalar(op, "delta", delta, 0.0, lo_open=True))
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """Huber loss (``torch.nn.functional.huber_loss``), with ``z = |input - target|``:
+    ``0.5 * z**2`` where ``z < delta``, else ``delta * (z - 0.5 * delta)``.
+
+    Same shapes and returns as :func:`mse_loss`; ``delta`` must be > 0.
+    Raises TypeError (dtypes, non-real delta), ValueError (shapes, reduction, delta).
+    """
+    args = _huber_args("huber_loss", input, target, reduction, delta)
+    out = _backend().huber_loss(*args)
+    return out if args[2] == "none" else float(out)
+
+
+def huber_loss_grad(input, target, reduction="mean", delta=1.0):
+    """Gradient of :func:`huber_loss` w.r.t. input: ``input - target`` clipped to
+    ``[-delta, delta]`` (/ n for 'mean'); NaN where the difference is NaN.
+
+    Same arguments and errors as :func:`huber_loss`.
+    """
+    return _backend().huber_loss_grad(*_huber_args("huber_loss_grad", input, target,
+                                                   reduction, delta))
 
 
 def _ce_args(op, input, target, weight, ignore_index, reduction, label_smoothing):

@@ -2,7 +2,7 @@
 # functions (sqrtf, ...) so float32 kernels never round-trip through double.
 # The exp-based loops live in _kernels.h (vectorized, CPU-dispatched).
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport fabs, fabsf, sqrt, sqrtf
 
 # Work (elements touched) below which a kernel runs serially: forking the
 # OpenMP team costs more than it saves on smaller inputs.
@@ -15,6 +15,13 @@ cdef inline floating fsqrt(floating x) noexcept nogil:
         return sqrtf(x)
     else:
         return sqrt(x)
+
+
+cdef inline floating fabs_(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
 
 
 cdef inline floating nanmax(floating a, floating b) noexcept nogil:

@@ -28,8 +28,10 @@ COL_X, COL_Y = (4, 2) if _SIM else (32, 8)  # column kernels: columns x row lane
 
 # Kernels that compute in float64 even for float32 input, as the reference does:
 # loss scalars and preprocessing statistics/transforms.
+_PARTIALS = "scalar losses accumulate in float64 (reference sums with dtype=float64)"
 F64_KERNELS = {
-    "sum_partials": "scalar losses accumulate in float64 (reference sums with dtype=float64)",
+    "sum_partials": _PARTIALS, "squared_error_partials": _PARTIALS,
+    "abs_error_partials": _PARTIALS, "huber_partials": _PARTIALS,
     "col_stats_partial": "column_stats is float64 by contract (count, mean, M2)",
     "col_stats_merge": "column_stats is float64 by contract (count, mean, M2)",
     "affine_cols": "standardize/unstandardize compute in float64 with float64 offset/scale",
@@ -204,6 +206,32 @@ def _scaled_diff(a, b, scale):
     return (a - b) * scale
 
 
+@cuda.jit(device=True)
+def _abs_error(a, b, unused):
+    return abs(a - b)
+
+
+@cuda.jit(device=True)
+def _scaled_sign(a, b, scale):
+    """scale * sign(a - b), 0 where the difference is 0 or NaN (torch's sign).
+
+    Compared with -d, not a literal 0, which would promote float32 to float64.
+    """
+    d = a - b
+    if d > -d:
+        return scale
+    if d < -d:
+        return -scale
+    return scale - scale
+
+
+@cuda.jit(device=True)
+def _huber(a, b, delta, half):
+    """torch's Huber term in the input dtype (half: 0.5 of that dtype)."""
+    z = abs(a - b)
+    return half * z * z if z < delta else delta * (z - half * delta)
+
+
 relu = _unary(_relu)
 relu_backward = _binary(_relu_backward)
 sigmoid = _unary(_sigmoid)
@@ -212,6 +240,23 @@ tanh = _unary(_tanh)
 tanh_backward = _binary(_tanh_backward)
 squared_error = _binary(_squared_error)
 scaled_diff = _binary(_scaled_diff)
+abs_error = _binary(_abs_error)
+scaled_sign = _binary(_scaled_sign)
+
+
+@cuda.jit
+def huber_error(a, b, out, delta, half):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        out[i] = _huber(a[i], b[i], delta, half)
+
+
+@cuda.jit
+def huber_grad(a, b, out, scale, delta):
+    """scale * (a - b) clipped to [-delta, delta] with torch's branches (NaN stays NaN)."""
+    sd = scale * delta
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        d = a[i] - b[i]
+        out[i] = -sd if d <= -delta else (sd if d >= delta else scale * d)
 
 
 @cuda.jit
@@ -402,20 +447,40 @@ def cross_entropy_grad_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, s
 
 
 # -------------------------------------------------------------- reductions
-@cuda.jit
-def sum_partials(a, b, squared_diff, partials):
-    """partials[block] = float64 sum of a[i] (or of (a[i] - b[i])**2) over the block's slice."""
-    sh = cuda.shared.array(MAX_TPB, float64)
-    acc = 0.0
-    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
-        if squared_diff:
-            d = a[i] - b[i]
-            acc += d * d  # squared in the input dtype, summed in float64, as the reference
-        else:
-            acc += a[i]
-    total = _block_sum(sh, acc)
-    if cuda.threadIdx.x == 0:
-        partials[cuda.blockIdx.x] = total
+def _partials(term):
+    """Kernel: partials[block] = float64 sum of ``term(a[i], b[i], c, h)`` over the block's
+    grid-stride slice; each term is computed in the input dtype, as the reference."""
+    @cuda.jit
+    def kernel(a, b, c, h, partials):
+        sh = cuda.shared.array(MAX_TPB, float64)
+        acc = 0.0
+        for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+            acc += term(a[i], b[i], c, h)
+        total = _block_sum(sh, acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+    return kernel
+
+
+@cuda.jit(device=True)
+def _first(a, b, c, h):
+    return a
+
+
+@cuda.jit(device=True)
+def _squared_error_term(a, b, c, h):
+    return _squared_error(a, b, c)
+
+
+@cuda.jit(device=True)
+def _abs_error_term(a, b, c, h):
+    return _abs_error(a, b, c)
+
+
+sum_partials = _partials(_first)
+squared_error_partials = _partials(_squared_error_term)
+abs_error_partials = _partials(_abs_error_term)
+huber_partials = _partials(_huber)
 
 
 @cuda.jit

@@ -381,6 +381,61 @@ def scaled_difference(a, b, scale, out):
         out[i] = (a[i] - b[i]) * scale
 
 
+@twin
+def abs_error(a, b, out):
+    for i in prange(a.size):
+        out[i] = abs(a[i] - b[i])
+
+
+@twin
+def abs_error_sum(a, b):
+    acc = 0.0
+    for i in prange(a.size):
+        acc += abs(a[i] - b[i])
+    return acc
+
+
+@twin
+def scaled_sign(a, b, scale, out):
+    """scale * sign(a - b), 0 where the difference is 0 or NaN (torch's sign)."""
+    zero = a.dtype.type(0)
+    for i in prange(a.size):
+        d = a[i] - b[i]
+        out[i] = scale if d > zero else (-scale if d < zero else zero)
+
+
+@kernel
+def _huber(d, delta, half):
+    """torch's Huber term in the input dtype (half: 0.5 of that dtype)."""
+    z = abs(d)
+    return half * z * z if z < delta else delta * (z - half * delta)
+
+
+@twin
+def huber_error(a, b, delta, out):
+    half = a.dtype.type(0.5)
+    for i in prange(a.size):
+        out[i] = _huber(a[i] - b[i], delta, half)
+
+
+@twin
+def huber_error_sum(a, b, delta):
+    half = a.dtype.type(0.5)
+    acc = 0.0
+    for i in prange(a.size):
+        acc += _huber(a[i] - b[i], delta, half)
+    return acc
+
+
+@twin
+def huber_grad(a, b, scale, delta, out):
+    """scale * (a - b) clipped to [-delta, delta] with torch's branches (NaN stays NaN)."""
+    sd = scale * delta
+    for i in prange(a.size):
+        d = a[i] - b[i]
+        out[i] = -sd if d <= -delta else (sd if d >= delta else scale * d)
+
+
 @kernel
 def target_weight_sum(target, w, ignore_index):
     """float64 sum of w[target] over the rows not ignored."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._cext import _elementwise, _linear, _losses, _optim, _preprocessing, _rowwise
 from .._config import get_num_threads, limit_blas_threads
-from .reference import ReferenceBackend, op
+from .reference import ReferenceBackend, _grad_scale, op
 
 
 def _flat(a):
@@ -32,6 +32,20 @@ def _unary(kernel, x):
 def _binary(kernel, a, b):
     out = np.empty_like(b)
     kernel(_flat(a), _flat(b), _flat(out), get_num_threads())
+    return out
+
+
+def _reduced(kernel, reduction, input, target, *params):
+    """'sum' or 'mean' of an element-wise loss from its double-summing kernel."""
+    total = kernel(_flat(input), _flat(target), *params, get_num_threads())
+    if reduction == "sum":
+        return total
+    return total / input.size if input.size else math.nan
+
+
+def _elementwise_grad(kernel, input, target, scale, *params):
+    out = np.empty_like(input)
+    kernel(_flat(input), _flat(target), scale, *params, _flat(out), get_num_threads())
     return out
 
 
@@ -100,16 +114,31 @@ class CythonBackend(ReferenceBackend):
     def mse_loss(self, input, target, reduction):
         if reduction == "none":
             return _binary(_losses.mse_none, input, target)
-        total = _losses.mse_sum(_flat(input), _flat(target), get_num_threads())
-        if reduction == "sum":
-            return total
-        return total / input.size if input.size else math.nan
+        return _reduced(_losses.mse_sum, reduction, input, target)
 
     def mse_loss_grad(self, input, target, reduction):
-        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
-        out = np.empty_like(input)
-        _losses.mse_grad(_flat(input), _flat(target), scale, _flat(out), get_num_threads())
-        return out
+        return _elementwise_grad(_losses.mse_grad, input, target,
+                                 _grad_scale(reduction, input.size, 2.0))
+
+    def l1_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _binary(_losses.l1_none, input, target)
+        return _reduced(_losses.l1_sum, reduction, input, target)
+
+    def l1_loss_grad(self, input, target, reduction):
+        return _elementwise_grad(_losses.l1_grad, input, target,
+                                 _grad_scale(reduction, input.size))
+
+    def huber_loss(self, input, target, reduction, delta):
+        if reduction == "none":
+            out = np.empty_like(input)
+            _losses.huber_none(_flat(input), _flat(target), delta, _flat(out), get_num_threads())
+            return out
+        return _reduced(_losses.huber_sum, reduction, input, target, delta)
+
+    def huber_loss_grad(self, input, target, reduction, delta):
+        return _elementwise_grad(_losses.huber_grad, input, target,
+                                 _grad_scale(reduction, input.size), delta)
 
     @staticmethod
     def _class_weight(input, weight):

@@ -23,7 +23,7 @@ from numba.core import config as _numba_config
 
 from .. import _config
 from . import _numba_kernels as K
-from .reference import ReferenceBackend, _reduce, op
+from .reference import ReferenceBackend, _grad_scale, _reduce, op
 
 PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than it saves
 
@@ -68,6 +68,14 @@ def _map(twin, first, *rest):
     flat = (a.reshape(-1) if isinstance(a, np.ndarray) else a for a in (first, *rest))
     _run(twin, first.size, *flat, out.reshape(-1))
     return out
+
+
+def _reduced(twin, reduction, input, target, *consts):
+    """'sum' or 'mean' of an element-wise loss from its float64-summing kernel."""
+    total = _run(twin, input.size, input.reshape(-1), target.reshape(-1), *consts)
+    if reduction == "sum":
+        return float(total)
+    return float(total / input.size) if input.size else float("nan")
 
 
 def _rows(twin, first, *rest):
@@ -147,15 +155,35 @@ class NumbaBackend(ReferenceBackend):
     def mse_loss(self, input, target, reduction):
         if reduction == "none":
             return _map(K.squared_error, input, target)
-        total = _run(K.squared_error_sum, input.size, input.reshape(-1), target.reshape(-1))
-        if reduction == "sum":
-            return float(total)
-        return float(total / input.size) if input.size else float("nan")
+        return _reduced(K.squared_error_sum, reduction, input, target)
 
     @op("losses")
     def mse_loss_grad(self, input, target, reduction):
-        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        scale = _grad_scale(reduction, input.size, 2.0)
         return _map(K.scaled_difference, input, target, input.dtype.type(scale))
+
+    @op("losses")
+    def l1_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _map(K.abs_error, input, target)
+        return _reduced(K.abs_error_sum, reduction, input, target)
+
+    @op("losses")
+    def l1_loss_grad(self, input, target, reduction):
+        scale = _grad_scale(reduction, input.size)
+        return _map(K.scaled_sign, input, target, input.dtype.type(scale))
+
+    @op("losses")
+    def huber_loss(self, input, target, reduction, delta):
+        delta = input.dtype.type(delta)
+        if reduction == "none":
+            return _map(K.huber_error, input, target, delta)
+        return _reduced(K.huber_error_sum, reduction, input, target, delta)
+
+    @op("losses")
+    def huber_loss_grad(self, input, target, reduction, delta):
+        t = input.dtype.type
+        return _map(K.huber_grad, input, target, t(_grad_scale(reduction, input.size)), t(delta))
 
     @staticmethod
     def _ce_weights(input, target, weight, ignore_index):

@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from .reference import ReferenceBackend
+from .reference import ReferenceBackend, _grad_scale
 
 _F64 = np.dtype(np.float64)
 
@@ -97,15 +97,31 @@ def _consts(dtype, *values):
     return tuple(dtype.type(v) for v in values)
 
 
-def _sum64(a, b=None):
-    """float64 sum of a (or of (a - b)**2) over a flat device array: device partials, host total."""
+def _partial_sum(kernel, a, b, c=0, h=0):
+    """float64 sum of a partial-sum kernel's terms over flat device arrays a, b (constants c, h
+    of their dtype): device partials, host total."""
     if a.size == 0:
         return 0.0
     _, tpb, _, max_blocks = _launch_limits()
     blocks = min(_cdiv(a.size, tpb), max_blocks)
     partials = _IO.empty(blocks, _F64)
-    _k().sum_partials[blocks, tpb](a, a if b is None else b, b is not None, partials)
+    kernel[blocks, tpb](a, b, *_consts(a.dtype, c, h), partials)
     return float(partials.copy_to_host().sum())
+
+
+def _sum64(a):
+    """float64 sum of a flat device array."""
+    return _partial_sum(_k().sum_partials, a, a)
+
+
+def _loss_total(kernel, reduction, input, target, *consts):
+    """'sum' or 'mean' of an element-wise loss from its partial-sum kernel."""
+    if input.size:
+        io = _IO(input, target)
+        total = _partial_sum(kernel, _flat(io.put(input)), _flat(io.put(target)), *consts)
+    else:
+        total = 0.0
+    return total if reduction == "sum" else _mean(total, input.size)
 
 
 def _mean(total, count):
@@ -142,13 +158,17 @@ def _gemm(a, b, bias, out, trans_a, trans_b):
             bias is not None, out.dtype.type(0))
 
 
-def _map(kernel, const, *arrays):
-    """Element-wise kernel over same-shape arrays -> new array of that shape."""
+def _map(kernel, consts, *arrays):
+    """Element-wise kernel over same-shape arrays -> new array of that shape.
+
+    ``consts``, a number or a tuple of them, follow the output in the arrays' dtype.
+    """
+    consts = consts if isinstance(consts, tuple) else (consts,)
     io = _IO(*arrays)
     out = io.empty(arrays[0].shape, arrays[0].dtype)
     if out.size:
         _launch_1d(kernel, out.size, *[_flat(io.put(a)) for a in arrays], _flat(out),
-                   arrays[0].dtype.type(const))
+                   *_consts(arrays[0].dtype, *consts))
     return io.get(out)
 
 
@@ -286,13 +306,26 @@ class CudaBackend(ReferenceBackend):
     def mse_loss(self, input, target, reduction):
         if reduction == "none":
             return _map(_k().squared_error, 0, input, target)
-        io = _IO(input, target)
-        total = _sum64(_flat(io.put(input)), _flat(io.put(target))) if input.size else 0.0
-        return total if reduction == "sum" else _mean(total, input.size)
+        return _loss_total(_k().squared_error_partials, reduction, input, target)
 
     def mse_loss_grad(self, input, target, reduction):
-        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
-        return _map(_k().scaled_diff, scale, input, target)
+        return _map(_k().scaled_diff, _grad_scale(reduction, input.size, 2.0), input, target)
+
+    def l1_loss(self, input, target, reduction):
+        if reduction == "none":
+            return _map(_k().abs_error, 0, input, target)
+        return _loss_total(_k().abs_error_partials, reduction, input, target)
+
+    def l1_loss_grad(self, input, target, reduction):
+        return _map(_k().scaled_sign, _grad_scale(reduction, input.size), input, target)
+
+    def huber_loss(self, input, target, reduction, delta):
+        if reduction == "none":
+            return _map(_k().huber_error, (delta, 0.5), input, target)
+        return _loss_total(_k().huber_partials, reduction, input, target, delta, 0.5)
+
+    def huber_loss_grad(self, input, target, reduction, delta):
+        return _map(_k().huber_grad, (_grad_scale(reduction, input.size), delta), input, target)
 
     def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
         io, x, t, w, scalars, count = _ce_setup(input, target, weight, ignore_index,

@@ -46,6 +46,11 @@ def _reduce(values, reduction, count=None):
     return float(np.float64(total) / np.float64(n))
 
 
+def _grad_scale(reduction, size, k=1.0):
+    """Factor of an element-wise loss gradient: k / size for 'mean' (k when empty), else k."""
+    return k / size if reduction == "mean" and size else k
+
+
 class ReferenceBackend:
     """NumPy implementations of every fastml op."""
 
@@ -130,8 +135,37 @@ class ReferenceBackend:
     @op("losses")
     def mse_loss_grad(self, input, target, reduction):
         d = input - target
-        scale = 2.0 / input.size if reduction == "mean" and input.size else 2.0
+        scale = _grad_scale(reduction, input.size, 2.0)
         return (d * input.dtype.type(scale)).astype(input.dtype, copy=False)
+
+    @op("losses")
+    def l1_loss(self, input, target, reduction):
+        return _reduce(np.abs(input - target), reduction)
+
+    @op("losses")
+    def l1_loss_grad(self, input, target, reduction):
+        """scale * sign(d), 0 where d is 0 or NaN (torch's sign of NaN is 0)."""
+        d = input - target
+        s = input.dtype.type(_grad_scale(reduction, input.size))
+        zero = input.dtype.type(0)
+        return np.where(d > 0, s, np.where(d < 0, -s, zero))
+
+    @op("losses")
+    def huber_loss(self, input, target, reduction, delta):
+        """0.5*z**2 where z = |d| < delta, else delta*(z - 0.5*delta), in the input dtype as torch."""
+        t = input.dtype.type
+        z = np.abs(input - target)
+        return _reduce(np.where(z < t(delta), t(0.5) * z * z, t(delta) * (z - t(0.5 * delta))),
+                       reduction)
+
+    @op("losses")
+    def huber_loss_grad(self, input, target, reduction, delta):
+        """scale * d clipped to [-delta, delta]: torch's branches (d NaN gives NaN)."""
+        t = input.dtype.type
+        d = input - target
+        s = t(_grad_scale(reduction, input.size))
+        sd = s * t(delta)
+        return np.where(d <= -t(delta), -sd, np.where(d >= t(delta), sd, s * d))
 
     def _ce_parts(self, input, target, weight, ignore_index, label_smoothing):
         """log-probabilities, per-row target weights and the kept-row mask."""

@@ -35,6 +35,7 @@ class Row:
     peer: Callable[[dict], Any] | None = None   # PyTorch / scikit-learn equivalent for benchmarks
     bench_call: Callable[[dict], Any] | None = None  # in-place ops: update without copying
     large: Callable[[Any], dict] | None = None  # dtype -> large test inputs (default: bench's)
+    finite: tuple = ()                          # arguments the op rejects NaN/inf in
 
     def timed(self, args):
         """What the benchmark times: the op itself, without the tests' defensive copies."""
@@ -125,7 +126,54 @@ def huber_inputs(draw, dtype):
 
 
 @st.composite
-def ce_inputs(draw, dtype):
+def loss_weight(draw, dtype, shape, lo=0.0, hi=2.0):
+    """None, a weight of input's shape, or one of its trailing shapes (broadcast)."""
+    kind = draw(st.sampled_from(["none", "full", "trailing"]))
+    if kind == "none":
+        return None
+    wshape = shape if kind == "full" else shape[draw(st.integers(0, len(shape))):]
+    return draw(arrays(dtype, wshape, lo, hi, special=False))
+
+
+def probability_values(dtype):
+    """Probabilities with the clamped ends 0 and 1 and values close to them."""
+    width = 32 if np.dtype(dtype) == np.float32 else 64
+    return st.one_of(st.floats(0, 1, width=width), st.sampled_from([0.0, 1.0, 1e-30, 1 - 1e-7]))
+
+
+@st.composite
+def bce_inputs(draw, dtype):
+    shape = draw(shapes())
+    return {"input": draw(hnp.arrays(dtype, shape, elements=probability_values(dtype))),
+            "target": draw(arrays(dtype, shape, 0.0, 1.0)),
+            "weight": draw(loss_weight(dtype, shape)),
+            "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+
+
+@st.composite
+def bce_logits_inputs(draw, dtype):
+    shape = draw(shapes())
+    return {"input": draw(arrays(dtype, shape, -100, 100)),
+            "target": draw(arrays(dtype, shape, 0.0, 1.0)),
+            "weight": draw(loss_weight(dtype, shape)),
+            "pos_weight": draw(loss_weight(dtype, shape, 0.0, 5.0)),
+            "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+
+
+@st.composite
+def kl_inputs(draw, dtype):
+    shape = draw(shapes())
+    log_target = draw(st.booleans())
+    target = (draw(arrays(dtype, shape, -10.0, 2.0)) if log_target else
+              draw(hnp.arrays(dtype, shape, elements=st.one_of(
+                  probability_values(dtype), elements(dtype, -1.0, 1.0)))))
+    return {"input": draw(arrays(dtype, shape, -20.0, 0.0)), "target": target,
+            "reduction": draw(st.sampled_from(["mean", "batchmean", "sum", "none"])),
+            "log_target": log_target}
+
+
+@st.composite
+def ce_inputs(draw, dtype, nll=False):
     n, c = draw(st.integers(0, 8)), max(1, draw(row_lengths()))
     ignore_index = draw(st.sampled_from([-100, 0, c - 1]))
     tdtype = draw(st.sampled_from([np.int64, np.int32, np.int16, np.uint8]))
@@ -133,10 +181,12 @@ def ce_inputs(draw, dtype):
         ignore_index = c - 1
     target = draw(hnp.arrays(tdtype, (n,), elements=st.one_of(
         st.integers(0, c - 1), st.just(ignore_index))))
-    d = {"input": draw(arrays(dtype, (n, c), -10, 10)), "target": target,
+    lo, hi = (-20, 0) if nll else (-10, 10)  # nll_loss takes log-probabilities
+    d = {"input": draw(arrays(dtype, (n, c), lo, hi)), "target": target,
          "ignore_index": ignore_index,
-         "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
-         "label_smoothing": draw(st.sampled_from([0.0, 0.1, 0.37, 1.0]))}
+         "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+    if not nll:
+        d["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.37, 1.0]))
     if draw(st.booleans()):
         d["weight"] = draw(arrays(dtype, (c,), 0.0, 2.0, special=False, layout=False))
     return d
@@ -267,6 +317,46 @@ def _backward_bench(dtype, forward):
         return {"grad_out": d["grad_out"], "y": forward(d["x"])}
 
 
+def _bce_bench(dtype, **kw):
+    """4M probabilities away from the clamp and soft targets."""
+    rng = np.random.default_rng(0)
+    n = 4_000_000
+    return {"input": rng.uniform(0.01, 0.99, n).astype(dtype),
+            "target": rng.uniform(0, 1, n).astype(dtype), **kw}
+
+
+def _bce_logits_bench(dtype):
+    rng = np.random.default_rng(0)
+    d = _bce_bench(dtype)
+    return {**d, "input": rng.standard_normal(d["input"].size).astype(dtype)}
+
+
+def _kl_bench(dtype):
+    """Log-probabilities of 4096x1000 rows against a target distribution."""
+    with fastml.use_backend("numpy"):
+        x = layers.log_softmax(_rows_bench(dtype)["x"])
+        t = layers.softmax(np.random.default_rng(1).standard_normal(x.shape).astype(dtype))
+    return {"input": x, "target": t, "reduction": "batchmean"}
+
+
+def _nll_bench(dtype):
+    d = _ce_bench(dtype)
+    with fastml.use_backend("numpy"):
+        return {**d, "input": layers.log_softmax(d["input"])}
+
+
+def _peer_grad(fname):
+    """PyTorch forward + autograd backward of a loss: what a ``*_grad`` replaces."""
+    def run(d):
+        torch = _torch()
+        x = torch.from_numpy(d["input"]).requires_grad_()
+        rest = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+                for k, v in d.items() if k != "input"}
+        getattr(torch.nn.functional, fname)(x, **rest).backward()
+        return x.grad
+    return run
+
+
 def _ce_bench(dtype):
     rng = np.random.default_rng(0)
     return {"input": rng.standard_normal((4096, 1000)).astype(dtype),
@@ -348,8 +438,8 @@ def _peer_loss(fname):
     def run(d):
         torch = _torch()
         return getattr(torch.nn.functional, fname)(
-            torch.from_numpy(d["input"]), torch.from_numpy(d["target"]),
-            **{k: v for k, v in d.items() if k not in ("input", "target")})
+            **{k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+               for k, v in d.items()})
     return run
 
 
@@ -411,6 +501,26 @@ ROWS = [
                                                             _torch().from_numpy(d["target"]))),
     Row("losses.cross_entropy_grad", lambda d: losses.cross_entropy_grad(**d), ce_inputs,
         reduces=True, bench=_ce_bench, large=_ce_large, peer=_peer_ce),
+    Row("losses.binary_cross_entropy", lambda d: losses.binary_cross_entropy(**d), bce_inputs,
+        reduces=True, bench=_bce_bench, peer=_peer_loss("binary_cross_entropy"),
+        finite=("input",)),
+    Row("losses.binary_cross_entropy_grad", lambda d: losses.binary_cross_entropy_grad(**d),
+        bce_inputs, bench=_bce_bench, peer=_peer_grad("binary_cross_entropy"),
+        finite=("input",)),
+    Row("losses.binary_cross_entropy_with_logits",
+        lambda d: losses.binary_cross_entropy_with_logits(**d), bce_logits_inputs, reduces=True,
+        bench=_bce_logits_bench, peer=_peer_loss("binary_cross_entropy_with_logits")),
+    Row("losses.binary_cross_entropy_with_logits_grad",
+        lambda d: losses.binary_cross_entropy_with_logits_grad(**d), bce_logits_inputs,
+        bench=_bce_logits_bench, peer=_peer_grad("binary_cross_entropy_with_logits")),
+    Row("losses.nll_loss", lambda d: losses.nll_loss(**d), lambda t: ce_inputs(t, nll=True),
+        reduces=True, bench=_nll_bench, peer=_peer_loss("nll_loss")),
+    Row("losses.nll_loss_grad", lambda d: losses.nll_loss_grad(**d),
+        lambda t: ce_inputs(t, nll=True), bench=_nll_bench, peer=_peer_grad("nll_loss")),
+    Row("losses.kl_div", lambda d: losses.kl_div(**d), kl_inputs, reduces=True,
+        bench=_kl_bench, peer=_peer_loss("kl_div")),
+    Row("losses.kl_div_grad", lambda d: losses.kl_div_grad(**d), kl_inputs,
+        bench=_kl_bench, peer=_peer_grad("kl_div")),
     Row("optim.sgd_step", _sgd, sgd_inputs, bench=_sgd_bench,
         bench_call=lambda d: optim.sgd_step(**d)),
     Row("optim.adam_step", _adam, adam_inputs, bench=_adam_bench,

@@ -97,7 +97,7 @@ def _large_args(op, dtype):
     specials = [np.nan] if op.startswith("preprocessing.") else [np.nan, np.inf, -np.inf]
     for k, a in args.items():
         if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size > 1000 and \
-                k not in ("weight", "offset", "scale"):
+                k not in ("weight", "offset", "scale") + row.finite:
             a = args[k] = a.copy()
             idx = rng.integers(0, a.size, a.size // 20000)
             a.reshape(-1)[idx] = rng.choice(specials, idx.size)

@@ -112,3 +112,40 @@ def test_cross_entropy_grad_fd(reduction, weighted, label_smoothing):
     got = losses.cross_entropy_grad(x, t, **kw)
     np.testing.assert_allclose(got, numeric_grad(loss, x), **FD)
     assert not got[2].any()  # the ignored row
+
+
+def _fd_loss_grad(fname, x, *args, **kw):
+    loss = lambda: float(np.sum(getattr(losses, fname)(x, *args, **kw)))  # noqa: E731
+    np.testing.assert_allclose(getattr(losses, fname + "_grad")(x, *args, **kw),
+                               numeric_grad(loss, x), **FD)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bce_grad_fd(reduction, weighted):
+    x, t = rand(3, 4, lo=0.05, hi=0.95), rand(3, 4, lo=0.0, hi=1.0)
+    _fd_loss_grad("binary_cross_entropy", x, t, rand(4, lo=0.1) if weighted else None, reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("pos_weighted", [False, True])
+def test_bce_with_logits_grad_fd(reduction, weighted, pos_weighted):
+    x, t = rand(3, 4, lo=-4, hi=4), rand(3, 4, lo=0.0, hi=1.0)
+    _fd_loss_grad("binary_cross_entropy_with_logits", x, t,
+                  rand(3, 4, lo=0.1) if weighted else None, reduction,
+                  rand(4, lo=0.5, hi=3.0) if pos_weighted else None)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_grad_fd(reduction, weighted):
+    x, t = rand(6, 4, lo=-5, hi=0), np.array([0, 3, -100, 1, 2, 3])
+    _fd_loss_grad("nll_loss", x, t, rand(4, lo=0.1) if weighted else None, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "batchmean", "sum", "none"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_grad_fd(reduction, log_target):
+    x, t = rand(3, 4, lo=-5, hi=0), rand(3, 4, lo=0.0, hi=1.0)
+    _fd_loss_grad("kl_div", x, np.log(t) if log_target else t, reduction, log_target)

@@ -171,6 +171,128 @@ def test_cross_entropy_all_ignored_mean_is_nan():
     assert np.isnan(losses.cross_entropy(x, t)) and torch.isnan(tl)
 
 
+def _loss_vs_torch(dtype, fname, args, kw, tkw=None, finite_only=False):
+    """fastml's loss and gradient against torch's forward and autograd backward."""
+    tx = t_(args[0], True)
+    tl = getattr(F, fname)(tx, *(t_(a) for a in args[1:]), **(tkw or kw))
+    tl.sum().backward()
+    for got, want in [(getattr(losses, fname)(*args, **kw), tl),
+                      (getattr(losses, fname + "_grad")(*args, **kw), tx.grad)]:
+        want = want.detach().numpy()
+        if finite_only:
+            assert np.isfinite(got).all() and np.isfinite(want).all()
+        np.testing.assert_allclose(got, want, equal_nan=True, **TOL[dtype])
+
+
+def _torch_weights(kw):
+    return {k: (t_(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+
+
+WEIGHTS = ["none", "full", "per-class", "per-row"]
+
+
+def _weight(kind, shape, dtype, lo=0.1, hi=2.0):
+    """No weight, one of input's shape, or one broadcast over rows (C,) or columns (N, 1)."""
+    wshape = {"none": None, "full": shape, "per-class": shape[-1:],
+              "per-row": shape[:1] + (1,)}[kind]
+    return None if wshape is None else rand(*wshape, lo=lo, hi=hi).astype(dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", WEIGHTS)
+def test_bce_vs_torch(dtype, reduction, weight):
+    x = rand(4, 6, lo=0.0, hi=1.0)
+    x[0, :4] = [0.0, 1.0, 1e-30, 1 - 1e-7]  # the log clamp at -100 and the grad's epsilon
+    t = rand(4, 6, lo=0.0, hi=1.0)
+    t[1, :3] = [0.0, 1.0, 0.5]
+    x, t = x.astype(dtype), t.astype(dtype)
+    kw = dict(weight=_weight(weight, x.shape, dtype), reduction=reduction)
+    _loss_vs_torch(dtype, "binary_cross_entropy", (x, t), kw, _torch_weights(kw))
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", WEIGHTS)
+@pytest.mark.parametrize("pos_weight", ["none", "per-class", "full"])
+def test_bce_with_logits_vs_torch(dtype, reduction, weight, pos_weight):
+    x = rand(4, 6, lo=-8, hi=8)
+    x[0, :4] = [0.0, 500.0, -500.0, 1e-3]  # stable for large |logits|
+    t = rand(4, 6, lo=0.0, hi=1.0)
+    t[1, :2] = [0.0, 1.0]
+    x, t = x.astype(dtype), t.astype(dtype)
+    kw = dict(weight=_weight(weight, x.shape, dtype), reduction=reduction,
+              pos_weight=_weight(pos_weight, x.shape, dtype, 0.5, 4.0))
+    _loss_vs_torch(dtype, "binary_cross_entropy_with_logits", (x, t), kw, _torch_weights(kw),
+                   finite_only=True)
+
+
+@DTYPES
+def test_bce_with_logits_special_values_vs_torch(dtype):
+    x = np.array([np.nan, np.inf, -np.inf, np.inf, 3.0, 1.0], dtype)
+    t = np.array([0.5, 0.0, 1.0, 1.0, np.nan, np.inf], dtype)
+    _loss_vs_torch(dtype, "binary_cross_entropy_with_logits", (x, t), dict(reduction="none"))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, np.nan])
+def test_bce_rejects_non_probabilities_as_torch(bad):
+    x = np.array([0.2, bad, 0.5])
+    t = np.full(3, 0.5)
+    with pytest.raises(RuntimeError, match="between 0 and 1"):
+        F.binary_cross_entropy(t_(x), t_(t))
+    for fn in (losses.binary_cross_entropy, losses.binary_cross_entropy_grad):
+        with pytest.raises(ValueError, match="'input'.*\\[0, 1\\]"):
+            fn(x, t)
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_nll_vs_torch(dtype, reduction, weighted, ignore_index):
+    x = np.log(rand(7, 5, lo=0.01, hi=1.0)).astype(dtype)
+    t = np.array([0, 4, -100, 2, 1, 2, 3]) if ignore_index == -100 else np.array([0, 4, 2, 2, 1, 3, 3])
+    w = rand(5, lo=0.1, hi=2.0).astype(dtype) if weighted else None
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction)
+    tx = t_(x, True)
+    tl = F.nll_loss(tx, torch.from_numpy(t), **{**kw, "weight": None if w is None else t_(w)})
+    tl.sum().backward()
+    close(losses.nll_loss(x, t, **kw), tl, dtype)
+    close(losses.nll_loss_grad(x, t, **kw), tx.grad, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_nll_all_ignored_as_torch(reduction):
+    x, t = rand(3, 4), np.full(3, -100)
+    tx = t_(x, True)
+    tl = F.nll_loss(tx, torch.from_numpy(t), reduction=reduction)
+    tl.backward()
+    np.testing.assert_allclose(losses.nll_loss(x, t, reduction=reduction), tl.item(),
+                               equal_nan=True)
+    assert not losses.nll_loss_grad(x, t, reduction=reduction).any() and not tx.grad.any()
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["mean", "batchmean", "sum", "none"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_vs_torch(dtype, reduction, log_target):
+    x = np.log(rand(4, 6, lo=0.01, hi=1.0))
+    t = rand(4, 6, lo=0.0, hi=1.0)
+    t[0, :2] = 0.0  # xlogy(0, 0) = 0
+    if log_target:
+        t = np.log(t + 0.01)
+    x, t = x.astype(dtype), t.astype(dtype)
+    _loss_vs_torch(dtype, "kl_div", (x, t), dict(reduction=reduction, log_target=log_target))
+
+
+@DTYPES
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_special_values_vs_torch(dtype, log_target):
+    x = np.array([-np.inf, np.nan, -1.0, -2.0, np.inf, -0.5], dtype)
+    t = np.array([0.0, 0.5, np.nan, -0.5, 0.2, np.inf], dtype)
+    _loss_vs_torch(dtype, "kl_div", (x, t), dict(reduction="none", log_target=log_target))
+
+
 SGD_CASES = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, dampening=0.3),
              dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
              dict(lr=0.01, weight_decay=0.1, maximize=True)]

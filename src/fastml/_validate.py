@@ -58,6 +58,38 @@ def check_shape(op: str, name: str, a, expected, what: str = "") -> None:
                          f"got {tuple(a.shape)}")
 
 
+def broadcast_to(op: str, name: str, a, shape):
+    """``a`` broadcast to ``shape`` as PyTorch broadcasts a loss weight: C-contiguous,
+    materialized once only when its shape differs (device arrays must match)."""
+    shape = tuple(shape)
+    if tuple(a.shape) == shape:
+        return a
+    try:
+        fits = np.broadcast_shapes(tuple(a.shape), shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{op}: argument '{name}' of shape {tuple(a.shape)} does not "
+                         f"broadcast to the input's shape {shape}")
+    if is_device_array(a):
+        raise ValueError(f"{op}: a device array '{name}' must have the input's shape {shape}, "
+                         f"got {tuple(a.shape)}")
+    return np.ascontiguousarray(np.broadcast_to(a, shape))
+
+
+def probabilities(op: str, name: str, a) -> None:
+    """Raise ValueError unless every value of ``a`` is in [0, 1] (NaN is not), as
+    PyTorch's binary_cross_entropy checks. Two vectorized reductions; device
+    arrays are not read (their NaN/out-of-range values propagate instead)."""
+    if is_device_array(a) or a.size == 0:
+        return
+    lo, hi = a.min(), a.max()
+    if not (lo >= 0 and hi <= 1):  # NaN fails both
+        bad = a[~((a >= 0) & (a <= 1))].flat[0]
+        raise ValueError(f"{op}: argument '{name}' must hold probabilities in [0, 1], "
+                         f"got {bad}")
+
+
 def index_array(op: str, name: str, a, upper: int, ignore_index=None):
     """Integer indices in [0, upper) (or == ignore_index) as C-contiguous int64."""
     a = as_array(a)

@@ -9,11 +9,16 @@ losses. A ``'mean'`` over zero elements is NaN, as in PyTorch.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import _validate as v
 from ._config import instance as _backend
 
 __all__ = ["mse_loss", "mse_loss_grad", "l1_loss", "l1_loss_grad", "huber_loss",
-           "huber_loss_grad", "cross_entropy", "cross_entropy_grad"]
+           "huber_loss_grad", "binary_cross_entropy", "binary_cross_entropy_grad",
+           "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
+           "cross_entropy", "cross_entropy_grad", "nll_loss", "nll_loss_grad",
+           "kl_div", "kl_div_grad"]
 
 
 def _pair(op, input, target):
@@ -96,7 +101,89 @@ def huber_loss_grad(input, target, reduction="mean", delta=1.0):
                                                    reduction, delta))
 
 
-def _ce_args(op, input, target, weight, ignore_index, reduction, label_smoothing):
+def _elementwise_weight(op, name, weight, input):
+    """An optional weight broadcast to input's shape (materialized once when it differs)."""
+    if weight is None:
+        return None
+    weight = v.float_array(op, name, weight)
+    v.same_dtype(op, input=input, **{name: weight})
+    return v.broadcast_to(op, name, weight, input.shape)
+
+
+def _bce_args(op, input, target, weight, reduction):
+    input, target = _pair(op, input, target)
+    v.probabilities(op, "input", input)
+    return (input, target, _elementwise_weight(op, "weight", weight, input),
+            v.reduction(op, reduction))
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """Binary cross-entropy of probabilities (``torch.nn.functional.binary_cross_entropy``).
+
+    Per element ``-w * (t * log(x) + (1 - t) * log(1 - x))``, each log clamped
+    to >= -100 as PyTorch does, so x = 0 or 1 gives a finite loss.
+    Shapes: input and target the same shape (float32/float64); input holds
+    probabilities in [0, 1]; weight (optional) broadcasts to input's shape.
+    Returns a float (``'mean'``, ``'sum'``) or an array shaped like input
+    (``'none'``). Raises TypeError (dtypes) and ValueError (shapes, an input
+    value outside [0, 1] or NaN, as PyTorch's check, reduction).
+    """
+    args = _bce_args("binary_cross_entropy", input, target, weight, reduction)
+    out = _backend().binary_cross_entropy(*args)
+    return out if args[3] == "none" else float(out)
+
+
+def binary_cross_entropy_grad(input, target, weight=None, reduction="mean"):
+    """Gradient of :func:`binary_cross_entropy` w.r.t. input, shaped like input.
+
+    ``w * (x - t) / max(x * (1 - x), 1e-12)`` (/ n for 'mean'), PyTorch's
+    backward formula, finite at x = 0 and 1. Same arguments and errors as
+    :func:`binary_cross_entropy`.
+    """
+    return _backend().binary_cross_entropy_grad(
+        *_bce_args("binary_cross_entropy_grad", input, target, weight, reduction))
+
+
+def _bce_logits_args(op, input, target, weight, reduction, pos_weight):
+    input, target = _pair(op, input, target)
+    return (input, target, _elementwise_weight(op, "weight", weight, input),
+            v.reduction(op, reduction), _elementwise_weight(op, "pos_weight", pos_weight, input))
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
+                                     pos_weight=None):
+    """Sigmoid + binary cross-entropy from logits, numerically stable
+    (``torch.nn.functional.binary_cross_entropy_with_logits``).
+
+    Per element ``w * ((1 - t) * x - (1 + (pw - 1) * t) * logsigmoid(x))`` with
+    ``logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))``: no overflow for any
+    finite |x|. Shapes: input (logits) and target the same shape,
+    float32/float64; weight and pos_weight (the weight of positive examples,
+    usually ``(C,)`` for input ``(N, C)``) broadcast to input's shape.
+    Returns a float, or an array shaped like input for ``'none'``. Raises
+    TypeError (dtypes) and ValueError (shapes, reduction).
+    """
+    args = _bce_logits_args("binary_cross_entropy_with_logits", input, target, weight,
+                            reduction, pos_weight)
+    out = _backend().binary_cross_entropy_with_logits(*args)
+    return out if args[3] == "none" else float(out)
+
+
+def binary_cross_entropy_with_logits_grad(input, target, weight=None, reduction="mean",
+                                          pos_weight=None):
+    """Gradient of :func:`binary_cross_entropy_with_logits` w.r.t. the logits.
+
+    ``w * (sigmoid(x) - t)``, or with pos_weight
+    ``w * ((pw * t + 1 - t) * sigmoid(x) - pw * t)`` (/ n for 'mean'), as
+    PyTorch's backward. Same arguments and errors as the loss.
+    """
+    return _backend().binary_cross_entropy_with_logits_grad(
+        *_bce_logits_args("binary_cross_entropy_with_logits_grad", input, target, weight,
+                          reduction, pos_weight))
+
+
+def _class_args(op, input, target, weight, ignore_index, reduction):
+    """(N, C) scores, (N,) class targets, optional (C,) class weights (cross_entropy, nll_loss)."""
     input = v.float_array(op, "input", input, ndim=2)
     n, c = input.shape
     if c == 0:
@@ -110,9 +197,12 @@ def _ce_args(op, input, target, weight, ignore_index, reduction, label_smoothing
         weight = v.float_array(op, "weight", weight)
         v.check_shape(op, "weight", weight, (c,), "(C,)")
         v.same_dtype(op, input=input, weight=weight)
-    r = v.reduction(op, reduction)
-    ls = v.real_scalar(op, "label_smoothing", label_smoothing, 0.0, 1.0)
-    return input, target, weight, int(ignore_index), r, ls
+    return input, target, weight, int(ignore_index), v.reduction(op, reduction)
+
+
+def _ce_args(op, input, target, weight, ignore_index, reduction, label_smoothing):
+    return (*_class_args(op, input, target, weight, ignore_index, reduction),
+            v.real_scalar(op, "label_smoothing", label_smoothing, 0.0, 1.0))
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -152,3 +242,65 @@ def cross_entropy_grad(input, target, weight=None, ignore_index=-100, reduction=
     args = _ce_args("cross_entropy_grad", input, target, weight, ignore_index, reduction,
                     label_smoothing)
     return _backend().cross_entropy_grad(*args)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of log-probabilities (``torch.nn.functional.nll_loss``).
+
+    Shapes: input ``(N, C)`` float32/float64 log-probabilities (e.g. from
+    :func:`fastml.layers.log_softmax`); target ``(N,)`` class indices of any
+    integer dtype, each in ``[0, C)`` or equal to ``ignore_index``; weight
+    ``(C,)``. Per row ``-w[t] * input[i, t]``, exactly 0 for ignored rows;
+    ``'mean'`` divides by the summed ``w[t]`` of the kept rows (NaN when all
+    are ignored). Returns a float, or an ``(N,)`` array for ``'none'``.
+    Raises TypeError (dtypes) and ValueError (shapes, a target out of range,
+    C == 0, reduction).
+    """
+    args = _class_args("nll_loss", input, target, weight, ignore_index, reduction)
+    out = _backend().nll_loss(*args)
+    return out if args[4] == "none" else float(out)
+
+
+def nll_loss_grad(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Gradient of :func:`nll_loss` w.r.t. input, ``(N, C)``: ``-w[t]`` at each kept
+    row's target (/ the summed ``w[t]`` for ``'mean'``), 0 elsewhere. Same
+    arguments and errors as :func:`nll_loss`.
+    """
+    return _backend().nll_loss_grad(
+        *_class_args("nll_loss_grad", input, target, weight, ignore_index, reduction))
+
+
+KL_REDUCTIONS = ("mean", "batchmean", "sum", "none")
+
+
+def _kl_args(op, input, target, reduction, log_target):
+    input, target = _pair(op, input, target)
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"{op}: argument 'log_target' must be a bool, got {log_target!r}")
+    return input, target, v.reduction(op, reduction, KL_REDUCTIONS), bool(log_target)
+
+
+def kl_div(input, target, reduction="mean", log_target=False):
+    """Kullback-Leibler divergence (``torch.nn.functional.kl_div``); input holds
+    log-probabilities, target probabilities (log-probabilities with ``log_target``).
+
+    Per element ``t * (log(t) - x)`` (0 where t == 0), or
+    ``exp(t) * (t - x)`` with ``log_target``. ``reduction='batchmean'`` divides
+    the sum by ``input.shape[0]`` (the mathematically correct KL divergence);
+    ``'mean'`` divides by the number of elements, as PyTorch (which warns
+    about it). Shapes: input and target the same shape, float32/float64.
+    Returns a float, or an array shaped like input for ``'none'``. Raises
+    TypeError (dtypes, non-bool log_target) and ValueError (shapes, reduction).
+    """
+    args = _kl_args("kl_div", input, target, reduction, log_target)
+    out = _backend().kl_div(*args)
+    return out if args[2] == "none" else float(out)
+
+
+def kl_div_grad(input, target, reduction="mean", log_target=False):
+    """Gradient of :func:`kl_div` w.r.t. input: ``-t`` (``-exp(t)`` with
+    ``log_target``), divided by the element count for 'mean' and by
+    ``input.shape[0]`` for 'batchmean'. Same arguments and errors as :func:`kl_div`.
+    """
+    return _backend().kl_div_grad(*_kl_args("kl_div_grad", input, target, reduction,
+                                            log_target))

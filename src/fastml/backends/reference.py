@@ -35,6 +35,9 @@ def op(module: str):
     return mark
 
 
+BCE_EPS = float(np.float32(1e-12))  # torch's binary_cross_entropy_backward clamp
+
+
 def _reduce(values, reduction, count=None):
     """Apply a PyTorch reduction; 'mean' over zero elements is NaN."""
     if reduction == "none":
@@ -167,15 +170,19 @@ class ReferenceBackend:
         sd = s * t(delta)
         return np.where(d <= -t(delta), -sd, np.where(d >= t(delta), sd, s * d))
 
-    def _ce_parts(self, input, target, weight, ignore_index, label_smoothing):
-        """log-probabilities, per-row target weights and the kept-row mask."""
-        n, c = input.shape
-        logp = self.log_softmax(input)
+    @staticmethod
+    def _target_weights(input, target, weight, ignore_index):
+        """Kept-row mask, safe class indices, class weights and per-row target weights."""
         keep = target != ignore_index
         safe_t = np.where(keep, target, 0)
-        w = np.ones(c, input.dtype) if weight is None else weight
+        w = np.ones(input.shape[1], input.dtype) if weight is None else weight
         wt = np.where(keep, w[safe_t], 0).astype(input.dtype)
-        return logp, keep, safe_t, w, wt
+        return keep, safe_t, w, wt
+
+    def _ce_parts(self, input, target, weight, ignore_index, label_smoothing):
+        """log-probabilities, per-row target weights and the kept-row mask."""
+        keep, safe_t, w, wt = self._target_weights(input, target, weight, ignore_index)
+        return self.log_softmax(input), keep, safe_t, w, wt
 
     @op("losses")
     def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
@@ -213,6 +220,122 @@ class ReferenceBackend:
             grad = grad / wt.sum(dtype=np.float64)
         # Ignored rows get exactly 0, also when every row is ignored (0/0 above), as torch.
         return np.where(keep[:, None], grad, 0).astype(input.dtype, copy=False)
+
+    @op("losses")
+    def binary_cross_entropy(self, input, target, weight, reduction):
+        """input probabilities in [0, 1]; weight None or input's shape.
+
+        torch's CPU kernel: ``(t - 1) * max(log1p(-x), -100) - t * max(log(x), -100)``,
+        times weight, in the input dtype.
+        """
+        t = input.dtype.type
+        loss = ((target - t(1)) * np.maximum(np.log1p(-input), t(-100))
+                - target * np.maximum(np.log(input), t(-100)))
+        if weight is not None:
+            loss = loss * weight
+        return _reduce(loss, reduction)
+
+    @op("losses")
+    def binary_cross_entropy_grad(self, input, target, weight, reduction):
+        """``(x - t) / max(x * (1 - x), eps)`` times weight, as torch's backward kernel.
+
+        torch's eps is 1e-12 rounded to float32 (9.999999960e-13), in float64 too.
+        """
+        t = input.dtype.type
+        grad = (input - target) / np.maximum((t(1) - input) * input, t(BCE_EPS))
+        if weight is not None:
+            grad = grad * weight
+        return grad * t(_grad_scale(reduction, input.size))
+
+    @op("losses")
+    def binary_cross_entropy_with_logits(self, input, target, weight, reduction, pos_weight):
+        """input logits; weight and pos_weight None or input's shape.
+
+        torch's formula: ``(1 - t) * x - lw * logsigmoid(x)`` with
+        ``lw = 1 + (pos_weight - 1) * t`` and the stable
+        ``logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))``; times weight.
+        """
+        t = input.dtype.type
+        log_sigmoid = np.minimum(input, t(0)) - np.log1p(np.exp(-np.abs(input)))
+        if pos_weight is not None:
+            log_sigmoid = log_sigmoid * ((pos_weight - t(1)) * target + t(1))
+        loss = (t(1) - target) * input - log_sigmoid
+        if weight is not None:
+            loss = loss * weight
+        return _reduce(loss, reduction)
+
+    @op("losses")
+    def binary_cross_entropy_with_logits_grad(self, input, target, weight, reduction,
+                                              pos_weight):
+        """``sigmoid(x) - t``, or ``(pw*t + 1 - t) * sigmoid(x) - pw*t``; times weight."""
+        t = input.dtype.type
+        sig = t(1) / (t(1) + np.exp(-input))
+        if pos_weight is None:
+            grad = sig - target
+        else:
+            pt = pos_weight * target
+            grad = (pt + t(1) - target) * sig - pt
+        if weight is not None:
+            grad = grad * weight
+        return grad * t(_grad_scale(reduction, input.size))
+
+    @op("losses")
+    def nll_loss(self, input, target, weight, ignore_index, reduction):
+        """input (N, C) log-probabilities, target (N,) -> ``-w[t] * input[i, t]`` per row.
+
+        Ignored rows give exactly 0; 'mean' divides by the summed ``w[t]`` of
+        the kept rows, as torch.nn.functional.nll_loss.
+        """
+        keep, safe_t, _, wt = self._target_weights(input, target, weight, ignore_index)
+        picked = input[np.arange(input.shape[0]), safe_t]
+        loss = np.where(keep, -wt * picked, 0).astype(input.dtype, copy=False)
+        return _reduce(loss, reduction, count=wt.sum(dtype=np.float64))
+
+    @op("losses")
+    def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
+        """``-w[t] * coef`` at each kept row's target, 0 elsewhere; coef = 1/sum(w[t]) for 'mean'."""
+        keep, safe_t, _, wt = self._target_weights(input, target, weight, ignore_index)
+        coef = 1.0
+        if reduction == "mean":
+            with np.errstate(divide="ignore"):
+                coef = np.float64(1.0) / wt.sum(dtype=np.float64)
+        grad = np.zeros_like(input)
+        rows = np.flatnonzero(keep)
+        grad[rows, safe_t[rows]] = -wt[rows] * input.dtype.type(coef)
+        return grad
+
+    @staticmethod
+    def _kl_scale(input, reduction):
+        """The factor of the summed loss: 1/numel for 'mean', 1/batch for 'batchmean'."""
+        if reduction == "mean":
+            return input.size
+        if reduction == "batchmean" and input.ndim:
+            return input.shape[0]
+        return None
+
+    @op("losses")
+    def kl_div(self, input, target, reduction, log_target):
+        """Pointwise ``xlogy(t, t) - t * x`` (``exp(t) * (t - x)`` with log_target), as torch.
+
+        'batchmean' divides the sum by ``input.shape[0]`` (a 0-d input: by 1).
+        """
+        t = input.dtype.type
+        if log_target:
+            loss = np.exp(target) * (target - input)
+        else:
+            # xlogy(t, t): 0 where t == 0 (NaN stays NaN, t < 0 gives NaN).
+            loss = np.where(target == t(0), t(0), target * np.log(target)) - target * input
+        if reduction in ("none", "sum"):
+            return _reduce(loss, reduction)
+        return _reduce(loss, "mean", count=self._kl_scale(input, reduction))
+
+    @op("losses")
+    def kl_div_grad(self, input, target, reduction, log_target):
+        """``-t`` (``-exp(t)`` with log_target), scaled as the reduction."""
+        t = input.dtype.type
+        count = self._kl_scale(input, reduction)
+        scale = t(1.0 / count) if count else t(1)
+        return (np.exp(target) if log_target else target) * -scale
 
     # ------------------------------------------------------------------- optim
     @op("optim")

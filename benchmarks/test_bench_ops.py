@@ -31,12 +31,18 @@ def inputs(op):
     return row.bench(bench_dtype(row))
 
 
+def input_bytes(args) -> int:
+    """Bytes an op must read at least once: the sizes of its array arguments."""
+    return sum(a.nbytes for a in args.values() if isinstance(a, np.ndarray))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("row", BENCH_ROWS, ids=lambda r: r.op)
 def test_backend(benchmark, row, backend):
     args = inputs(row.op)
     benchmark.group = row.op
     benchmark.extra_info["backend"] = backend
+    benchmark.extra_info["input_bytes"] = input_bytes(args)
     with fastml.use_backend(backend):
         row.timed(args)  # compile (numba) and warm caches outside the timing
         benchmark(row.timed, args)
@@ -92,3 +98,25 @@ def test_cross_entropy_loss_and_grad(benchmark, backend):
         step = lambda: (losses.cross_entropy(**args), losses.cross_entropy_grad(**args))  # noqa: E731
         step()
         benchmark(step)
+
+
+BANDWIDTH_BYTES = 256 << 20  # well past the last-level cache
+
+
+@pytest.mark.parametrize("how", ["numpy", "torch"])
+def test_memory_bandwidth(benchmark, how):
+    """A large array copy: the machine's memory bandwidth in this run, the yardstick of
+    memory-bound ops (``benchmarks/report.py`` divides each op's input bytes by it).
+    A copy moves 2x its size (read + write, as STREAM counts it); torch's copy is threaded."""
+    benchmark.group = "memory bandwidth"
+    benchmark.extra_info["backend"] = how
+    benchmark.extra_info["bytes_moved"] = 2 * BANDWIDTH_BYTES
+    src = np.ones(BANDWIDTH_BYTES // 4, np.float32)
+    dst = np.empty_like(src)
+    if how == "numpy":
+        benchmark(np.copyto, dst, src)
+        return
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(fastml.get_num_threads())
+    tsrc, tdst = torch.from_numpy(src), torch.from_numpy(dst)
+    benchmark(tdst.copy_, tsrc)

@@ -204,6 +204,37 @@ BAD_CALLS = [
      (x32, np.zeros(4, np.int64), np.ones(4, f32))),
     (ValueError, "label_smoothing", lambda x, t: losses.cross_entropy(x, t, label_smoothing=1.5),
      (x32, np.zeros(4, np.int64))),
+    (ValueError, r"binary_cross_entropy: argument 'input' must hold probabilities in \[0, 1\], "
+     "got 1.5", losses.binary_cross_entropy, (np.array([0.5, 1.5], f32), np.ones(2, f32))),
+    (ValueError, "got nan", losses.binary_cross_entropy_grad,
+     (np.array([np.nan, 0.5]), np.ones(2))),
+    (ValueError, "got -0.25", losses.binary_cross_entropy, (np.array([-0.25]), np.ones(1))),
+    (ValueError, r"binary_cross_entropy: argument 'weight' of shape \(4,\) does not broadcast",
+     losses.binary_cross_entropy, (x32 / 2, x32, np.ones(4, f32))),
+    (ValueError, "binary_cross_entropy: argument 'target' expected shape",
+     losses.binary_cross_entropy, (x32 / 2, np.ones(12, f32))),
+    (TypeError, "share one dtype", losses.binary_cross_entropy, (x32 / 2, x32, np.ones(3, f64))),
+    (ValueError, r"binary_cross_entropy_with_logits: argument 'pos_weight' of shape \(2,\)",
+     lambda x, t, pw: losses.binary_cross_entropy_with_logits(x, t, pos_weight=pw),
+     (x32, x32, np.ones(2, f32))),
+    (ValueError, "binary_cross_entropy_with_logits_grad: argument 'weight' of shape",
+     losses.binary_cross_entropy_with_logits_grad, (x32, x32, np.ones((4, 3, 1), f32))),
+    (TypeError, "'pos_weight' must be float32 or float64",
+     lambda x, t, pw: losses.binary_cross_entropy_with_logits(x, t, pos_weight=pw),
+     (x32, x32, np.ones(3, np.int64))),
+    (ValueError, "reduction", losses.binary_cross_entropy_with_logits, (x32, x32, None, "batchmean")),
+    (ValueError, r"nll_loss: argument 'target' has index 3 out of range \[0, 3\)",
+     losses.nll_loss, (x32, np.array([0, 1, 2, 3]))),
+    (ValueError, "index -5 out of range", losses.nll_loss_grad, (x32, np.array([0, -5, 2, 1]))),
+    (ValueError, r"nll_loss: argument 'weight' expected shape \(C,\)", losses.nll_loss,
+     (x32, np.zeros(4, np.int64), np.ones(2, f32))),
+    (ValueError, r"nll_loss_grad: argument 'input' must be 2-dimensional", losses.nll_loss_grad,
+     (np.ones(4, f32), np.zeros(4, np.int64))),
+    (TypeError, "integer dtype", losses.nll_loss, (x32, np.zeros(4, f32))),
+    (ValueError, "kl_div: argument 'target' expected shape", losses.kl_div,
+     (x32, np.ones((3, 4), f32))),
+    (ValueError, "kl_div_grad: reduction", losses.kl_div_grad, (x32, x32, "avg")),
+    (TypeError, "'log_target' must be a bool", losses.kl_div, (x32, x32, "sum", "yes")),
 ]
 
 
@@ -256,6 +287,13 @@ def test_zero_size_batches(backend):
         assert np.isnan(losses.mse_loss(np.ones(0, f32), np.ones(0, f32)))
         assert np.isnan(losses.cross_entropy(np.ones((0, 4), f32), np.zeros(0, np.int64)))
         assert losses.cross_entropy_grad(np.ones((0, 4), f32), np.zeros(0, np.int64)).shape == (0, 4)
+        assert np.isnan(losses.nll_loss(np.ones((0, 4), f32), np.zeros(0, np.int64)))
+        assert losses.nll_loss_grad(np.ones((0, 4), f32), np.zeros(0, np.int64)).shape == (0, 4)
+        empty = np.ones((0, 3), f64)
+        assert np.isnan(losses.binary_cross_entropy(empty, empty))
+        assert losses.binary_cross_entropy_with_logits(empty, empty, reduction="sum") == 0.0
+        assert np.isnan(losses.kl_div(empty, empty, reduction="batchmean"))
+        assert losses.kl_div_grad(empty, empty, reduction="batchmean").shape == (0, 3)
 
 
 @pytest.mark.parametrize("backend", [b for b in ACCEL if b != "cuda"])

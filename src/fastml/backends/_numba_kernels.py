@@ -165,6 +165,88 @@ def _tanh_f64(x):
     return big if a >= 0.625 else small  # NaN takes the small branch: NaN
 
 
+@intrinsic
+def _to_bits(typingctx, x):
+    """The integer of the same width whose bits are the float x."""
+    itype = {types.float32: types.int32, types.float64: types.int64}.get(x)
+    if itype is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(itype))
+    return itype(x), codegen
+
+
+# log: Cephes' logf / log (x = m * 2**e, m in [sqrt(1/2), sqrt(2)), log(1 + (m - 1))
+# by polynomial, e*ln2 added in two parts), with frexp done on the bits:
+# branch-free, so loops of it vectorize. Subnormals are scaled up first;
+# 0 -> -inf, x < 0 -> NaN, inf and NaN pass, as libm.
+@_math
+def _log_f32(x):
+    f = np.float32
+    i32 = np.int32  # numba widens int32 arithmetic to int64: narrow it back
+    tiny = x < f(1.17549435e-38)
+    i = _to_bits(x * f(16777216.0) if tiny else x)  # subnormals: times 2**24
+    e = i32(i32(i >> i32(23)) & i32(0xff)) - i32(126) - (i32(24) if tiny else i32(0))
+    m = _from_bits(i32(i32(i & i32(0x007fffff)) | i32(0x3f000000)))  # in [0.5, 1)
+    low = m < f(0.707106781186547524)
+    fe = f(e - i32(1) if low else e)
+    m = (m + m - f(1.0)) if low else (m - f(1.0))
+    z = m * m
+    y = ((((((((f(7.0376836292e-2) * m - f(1.1514610310e-1)) * m + f(1.1676998740e-1)) * m
+               - f(1.2420140846e-1)) * m + f(1.4249322787e-1)) * m - f(1.6668057665e-1)) * m
+            + f(2.0000714765e-1)) * m - f(2.4999993993e-1)) * m + f(3.3333331174e-1)) * m * z
+    y = y + f(-2.12194440e-4) * fe - f(0.5) * z
+    r = m + y + f(0.693359375) * fe
+    r = x if x == f(np.inf) else r
+    r = f(-np.inf) if x == f(0.0) else r
+    r = f(np.nan) if x < f(0.0) else r
+    return x if x != x else r
+
+
+@_math
+def _log_f64(x):
+    i64 = np.int64
+    tiny = x < 2.2250738585072014e-308
+    i = _to_bits(x * 18014398509481984.0 if tiny else x)  # subnormals: times 2**54
+    e = ((i >> i64(52)) & i64(0x7ff)) - i64(1022) - (i64(54) if tiny else i64(0))
+    m = _from_bits((i & i64(0x000fffffffffffff)) | i64(0x3fe0000000000000))  # in [0.5, 1)
+    low = m < 0.70710678118654752440
+    fe = np.float64(e - i64(1) if low else e)
+    m = (m + m - 1.0) if low else (m - 1.0)
+    z = m * m
+    p = ((((1.01875663804580931796e-4 * m + 4.97494994976747001425e-1) * m
+           + 4.70579119878881725854e0) * m + 1.44989225341610930846e1) * m
+         + 1.79368678507819816313e1) * m + 7.70838733755885391666e0
+    q = ((((m + 1.12873587189167450590e1) * m + 4.52279145837532221105e1) * m
+          + 8.29875266912776603211e1) * m + 7.11544750618563894466e1) * m + 2.31251620126765340583e1
+    y = m * (z * p / q) - fe * 2.121944400546905827679e-4 - 0.5 * z
+    r = m + y + fe * 0.693359375
+    r = x if x == np.inf else r
+    r = -np.inf if x == 0.0 else r
+    r = np.nan if x < 0.0 else r
+    return x if x != x else r
+
+
+@_math
+def _log1p_f32(a):
+    """log(u) - ((u - 1) - a) / u with u = 1 + a: log of the rounded sum,
+    corrected by its rounding error (exact a for tiny a)."""
+    f = np.float32
+    u = a + f(1.0)
+    r = _log_f32(u)
+    fixed = r - ((u - f(1.0)) - a) / u
+    return r if (u == f(0.0)) | (u == f(np.inf)) else fixed  # -1 -> -inf, inf -> inf
+
+
+@_math
+def _log1p_f64(a):
+    u = a + 1.0
+    r = _log_f64(u)
+    fixed = r - ((u - 1.0) - a) / u
+    return r if (u == 0.0) | (u == np.inf) else fixed
+
+
 def fexp(x):
     """exp in the argument's precision, vectorizable."""
     return np.exp(x)
@@ -175,6 +257,16 @@ def ftanh(x):
     return np.tanh(x)
 
 
+def flog(x):
+    """log in the argument's precision, vectorizable."""
+    return np.log(x)
+
+
+def flog1p(x):
+    """log1p in the argument's precision, vectorizable."""
+    return np.log1p(x)
+
+
 @overload(fexp)
 def _fexp(x):
     return (lambda x: _exp_f32(x)) if x == types.float32 else (lambda x: _exp_f64(x))
@@ -183,6 +275,16 @@ def _fexp(x):
 @overload(ftanh)
 def _ftanh(x):
     return (lambda x: _tanh_f32(x)) if x == types.float32 else (lambda x: _tanh_f64(x))
+
+
+@overload(flog)
+def _flog(x):
+    return (lambda x: _log_f32(x)) if x == types.float32 else (lambda x: _log_f64(x))
+
+
+@overload(flog1p)
+def _flog1p(x):
+    return (lambda x: _log1p_f32(x)) if x == types.float32 else (lambda x: _log1p_f64(x))
 
 
 # ---------------------------------------------------------------- linear
@@ -543,6 +645,202 @@ def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
             p = fexp(src[j] - m) * inv
             o[j] = (a * p + b * (ws * p - w[j])) * cf
         o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
+
+
+# Element-wise losses with optional per-element weights: each op has one
+# ``_fill`` kernel over a contiguous range (branch-free math, so it
+# vectorizes; ``has_*`` flags are loop-invariant and absent arrays come as
+# placeholders of input's size). Both the 'none' kernel and the summing one
+# run that same fill over one chunk of the flat arrays per thread, so the
+# per-element values are identical; the sums fill an L1-sized block, then
+# add it up in float64 (``_sum64``, vectorized).
+_FILL_BLOCK = 2048
+
+
+@kernel
+def _chunk(n, nchunks, k):
+    """[lo, hi) of chunk k of nchunks over n elements."""
+    per = (n + nchunks - 1) // nchunks
+    return min(n, k * per), min(n, (k + 1) * per)
+
+
+@kernel
+def _bce_fill(x, t, w, has_w, out):
+    """torch's BCE: (t - 1) * max(log1p(-x), -100) - t * max(log(x), -100), times w."""
+    f = x.dtype.type
+    one, floor = f(1), f(-100)
+    for i in range(x.size):
+        a = flog1p(-x[i])
+        a = floor if a < floor else a  # np.maximum: NaN stays NaN
+        b = flog(x[i])
+        b = floor if b < floor else b
+        v = (t[i] - one) * a - t[i] * b
+        out[i] = v * w[i] if has_w else v
+
+
+@kernel
+def _bce_logits_fill(x, t, w, pw, has_w, has_pw, out):
+    """(1 - t) * x - lw * logsigmoid(x), lw = (pw - 1) * t + 1, times w;
+    logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))."""
+    f = x.dtype.type
+    one, zero = f(1), f(0)
+    for i in range(x.size):
+        xi, ti = x[i], t[i]
+        low = xi if not (xi > zero) else zero  # np.minimum(x, 0): NaN stays NaN
+        ls = low - flog1p(fexp(-abs(xi)))
+        if has_pw:
+            ls = ls * ((pw[i] - one) * ti + one)
+        v = (one - ti) * xi - ls
+        out[i] = v * w[i] if has_w else v
+
+
+@kernel
+def _kl_fill(x, t, log_target, out):
+    """exp(t) * (t - x) with log_target, else xlogy(t, t) - t * x (0 * log 0 = 0)."""
+    f = x.dtype.type
+    zero = f(0)
+    if log_target:
+        for i in range(x.size):
+            out[i] = fexp(t[i]) * (t[i] - x[i])
+    else:
+        for i in range(x.size):
+            ti = t[i]
+            out[i] = (zero if ti == zero else ti * flog(ti)) - ti * x[i]
+
+
+@twin
+def bce(x, t, w, has_w, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _bce_fill(x[lo:hi], t[lo:hi], w[lo:hi], has_w, out[lo:hi])
+
+
+@twin
+def bce_sum(x, t, w, has_w, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _bce_fill(x[a:b], t[a:b], w[a:b], has_w, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def bce_logits(x, t, w, pw, has_w, has_pw, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _bce_logits_fill(x[lo:hi], t[lo:hi], w[lo:hi], pw[lo:hi], has_w, has_pw, out[lo:hi])
+
+
+@twin
+def bce_logits_sum(x, t, w, pw, has_w, has_pw, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _bce_logits_fill(x[a:b], t[a:b], w[a:b], pw[a:b], has_w, has_pw, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def kl(x, t, log_target, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _kl_fill(x[lo:hi], t[lo:hi], log_target, out[lo:hi])
+
+
+@twin
+def kl_sum(x, t, log_target, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _kl_fill(x[a:b], t[a:b], log_target, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def bce_grad(x, t, w, has_w, scale, eps, out):
+    """(x - t) / max((1 - x) * x, eps) * w * scale, torch's backward."""
+    one = x.dtype.type(1)
+    for i in prange(x.size):
+        d = (one - x[i]) * x[i]
+        d = eps if d < eps else d  # np.maximum: NaN stays NaN
+        g = (x[i] - t[i]) / d
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@twin
+def bce_logits_grad(x, t, w, pw, has_w, has_pw, scale, out):
+    """sigmoid(x) - t, or (pw*t + 1 - t) * sigmoid(x) - pw*t; times w and scale."""
+    one = x.dtype.type(1)
+    for i in prange(x.size):
+        sig = one / (one + fexp(-x[i]))
+        if has_pw:
+            pt = pw[i] * t[i]
+            g = (pt + one - t[i]) * sig - pt
+        else:
+            g = sig - t[i]
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@twin
+def kl_grad(t, log_target, neg_scale, out):
+    """-t (-exp(t) with log_target) times the reduction's scale."""
+    if log_target:
+        for i in prange(t.size):
+            out[i] = fexp(t[i]) * neg_scale
+    else:
+        for i in prange(t.size):
+            out[i] = t[i] * neg_scale
+
+
+@kernel
+def nll_rows(x, target, w, ignore_index, out):
+    """Per-row -w[t] * x[i, t] in the input dtype, exactly 0 for ignored rows."""
+    zero = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        t = target[i]
+        out[i] = zero if t == ignore_index else -w[t] * x[i, t]
+
+
+@kernel
+def nll_sum(x, target, w, ignore_index):
+    """(float64 sum of the per-row losses, float64 sum of the kept rows' w[t])."""
+    total = 0.0
+    wsum = 0.0
+    for i in range(x.shape[0]):
+        t = target[i]
+        if t != ignore_index:
+            wt = w[t]
+            total += -wt * x[i, t]  # the product in the input dtype, as nll_rows
+            wsum += wt
+    return total, wsum
+
+
+@kernel
+def nll_grad(target, w, ignore_index, coef, out):
+    """-w[t] * coef at each kept row's target of a zeroed out (N, C)."""
+    for i in range(out.shape[0]):
+        t = target[i]
+        if t != ignore_index:
+            out[i, t] = -w[t] * coef
 
 
 # ------------------------------------------------------------------ optim

@@ -39,8 +39,21 @@ KERNELS = {
     "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),
     "cross_entropy_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f2",
                                 "s", "s", "s"),
+    "bce_error": ("f1", "f1", "f1", "b", "s", "s", "f1"),
+    "bce_grad": ("f1", "f1", "f1", "b", "s", "s", "s", "f1"),
+    "bce_logits_error": ("f1",) * 4 + ("b", "b", "s", "s", "f1"),
+    "bce_logits_grad": ("f1",) * 4 + ("b", "b", "s", "s", "f1"),
+    "kl_div_error": ("f1", "f1", "b", "s", "f1"),
+    "kl_div_grad": ("f1", "b", "s", "f1"),
+    "nll_rows": ("f2", "i1", "f1", "b", "i", "s", "s", "f1"),
+    "nll_grad": ("i1", "f1", "b", "i", "s", "s", "s", "f2"),
     "sum_partials": PARTIALS, "squared_error_partials": PARTIALS,
     "abs_error_partials": PARTIALS, "huber_partials": PARTIALS,
+    "bce_partials": ("f1", "f1", "f1", "b", "s", "s", "d1"),
+    "bce_logits_partials": ("f1",) * 4 + ("b", "b", "s", "s", "d1"),
+    "kl_div_partials": ("f1", "f1", "b", "s", "d1"),
+    "nll_partials": ("f2", "i1", "f1", "b", "i", "s", "s", "d2"),
+    "nll_weight_partials": ("i1", "f1", "b", "i", "s", "s", "d1"),
     "col_sum_partial": ("f2", "f2", "s"),
     "col_stats_partial": ("f2", "d3"),
     "col_stats_merge": ("d3", "d2"),
@@ -172,6 +185,9 @@ def test_device_arrays_in_device_arrays_out():
     t = np.array([0, 4, -100])
     cases = [("relu", (x,)), ("softmax", (x,)), ("column_stats", (x,)),
              ("cross_entropy", (x, t, None, -100, "none", 0.1)),
+             ("binary_cross_entropy_with_logits_grad", (x, x, x, "mean", x)),
+             ("nll_loss_grad", (x, t, x[0], -100, "mean")),
+             ("kl_div", (x, x, "none", True)),
              ("linear_backward", (np.ascontiguousarray(x[:, :2]), x, x[:2], True))]
     for name, args in cases:
         dev_args = [cuda.to_device(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f"

@@ -32,6 +32,8 @@ _PARTIALS = "scalar losses accumulate in float64 (reference sums with dtype=floa
 F64_KERNELS = {
     "sum_partials": _PARTIALS, "squared_error_partials": _PARTIALS,
     "abs_error_partials": _PARTIALS, "huber_partials": _PARTIALS,
+    "bce_partials": _PARTIALS, "bce_logits_partials": _PARTIALS, "kl_div_partials": _PARTIALS,
+    "nll_partials": _PARTIALS, "nll_weight_partials": _PARTIALS,
     "col_stats_partial": "column_stats is float64 by contract (count, mean, M2)",
     "col_stats_merge": "column_stats is float64 by contract (count, mean, M2)",
     "affine_cols": "standardize/unstandardize compute in float64 with float64 offset/scale",
@@ -45,12 +47,27 @@ def _nanmax(a, b):
     return b if (b > a or b != b) else a
 
 
-if _SIM:  # kernels run as Python there, whose math.sqrt raises below 0; NaN as on the device
-    _sqrt = np.sqrt
+if _SIM:
+    # Kernels run as Python there, whose math.sqrt/log/log1p raise outside their domain
+    # (and math.exp on overflow) where the device gives NaN/-inf/inf. NumPy's functions
+    # return those, in the scalar's dtype, as the reference does.
+    _sqrt, _log, _log1p, _exp = np.sqrt, np.log, np.log1p, np.exp
 else:
     @cuda.jit(device=True)
     def _sqrt(x):
         return math.sqrt(x)
+
+    @cuda.jit(device=True)
+    def _log(x):
+        return math.log(x)
+
+    @cuda.jit(device=True)
+    def _log1p(x):
+        return math.log1p(x)
+
+    @cuda.jit(device=True)
+    def _exp(x):
+        return math.exp(x)
 
 
 @cuda.jit(device=True)
@@ -267,6 +284,126 @@ def ce_target_weight(target, w, ignore_index, out, zero):
         out[i] = zero if t == ignore_index else w[t]
 
 
+# Probability losses. Kernel arguments: input, target, the optional same-shape arrays
+# (weight, pos_weight; input fills an absent one's slot, never read), their presence
+# flags, scalars, then the output: ``out`` for the element-wise kernels, float64 block
+# ``partials`` for the fused loss + partial-sum kernels (in "reductions" below).
+@cuda.jit(device=True)
+def _bce(x, t, one, lo):
+    """torch's term (t - 1) * max(log1p(-x), lo) - t * max(log(x), lo), lo = -100."""
+    return (t - one) * _nanmax(_log1p(-x), lo) - t * _nanmax(_log(x), lo)
+
+
+@cuda.jit(device=True)
+def _bce_logits(x, t, pw, has_pw, zero, one):
+    """(1 - t) * x - (1 + (pw - 1) * t) * logsigmoid(x), the stable
+    logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)) (NaN passes the min)."""
+    ls = (zero if x > zero else x) - _log1p(_exp(-abs(x)))
+    if has_pw:
+        ls = ls * ((pw - one) * t + one)
+    return (one - t) * x - ls
+
+
+@cuda.jit(device=True)
+def _kl(x, t, log_target, zero):
+    """exp(t) * (t - x) with log_target, else xlogy(t, t) - t * x (0 * log 0 = 0)."""
+    if log_target:
+        return _exp(t) * (t - x)
+    return (zero if t == zero else t * _log(t)) - t * x
+
+
+@cuda.jit
+def bce_error(x, t, w, has_w, one, lo, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce(x[i], t[i], one, lo)
+        out[i] = v * w[i] if has_w else v
+
+
+@cuda.jit
+def bce_grad(x, t, w, has_w, one, eps, scale, out):
+    """(x - t) / max((1 - x) * x, eps) [* w] * scale, torch's backward formula."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        g = (v - t[i]) / _nanmax((one - v) * v, eps)
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@cuda.jit
+def bce_logits_error(x, t, w, pw, has_w, has_pw, zero, one, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce_logits(x[i], t[i], pw[i], has_pw, zero, one)
+        out[i] = v * w[i] if has_w else v
+
+
+@cuda.jit
+def bce_logits_grad(x, t, w, pw, has_w, has_pw, one, scale, out):
+    """sigmoid(x) - t, or (pw*t + 1 - t) * sigmoid(x) - pw*t; [* w] * scale."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        ti = t[i]
+        sig = one / (one + _exp(-x[i]))  # the reference's form: exp overflow -> 0
+        if has_pw:
+            pt = pw[i] * ti
+            g = (pt + one - ti) * sig - pt
+        else:
+            g = sig - ti
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@cuda.jit
+def kl_div_error(x, t, log_target, zero, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _kl(x[i], t[i], log_target, zero)
+
+
+@cuda.jit
+def kl_div_grad(t, log_target, neg_scale, out):
+    """-scale * t, or -scale * exp(t) with log_target: only the target is read."""
+    for i in range(cuda.grid(1), t.size, cuda.gridsize(1)):
+        v = t[i]
+        out[i] = (_exp(v) if log_target else v) * neg_scale
+
+
+# nll_loss: one thread per row (grid-stride over rows) reads its target's log-probability.
+# ``w`` is the (C,) class weight when ``has_w`` (otherwise any 1-D array, never read).
+@cuda.jit(device=True)
+def _nll_row(x, target, w, has_w, ignore_index, row, zero, one):
+    """(loss, target weight) of a row: (-w[t] * x[row, t], w[t]); (0, 0) when ignored."""
+    t = target[row]
+    if t == ignore_index:
+        return zero, zero
+    wt = w[t] if has_w else one
+    return -wt * x[row, t], wt
+
+
+@cuda.jit
+def nll_rows(x, target, w, has_w, ignore_index, zero, one, out):
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        out[row] = _nll_row(x, target, w, has_w, ignore_index, row, zero, one)[0]
+
+
+@cuda.jit
+def nll_grad(target, w, has_w, ignore_index, zero, one, coef, out):
+    """out (N, C): (-w[t]) * coef at each kept row's target, 0 elsewhere.
+
+    Grid-stride over all N * C elements, so the dense write is coalesced; the
+    input itself is never read.
+    """
+    c = out.shape[1]
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        r = i // c
+        j = i - r * c
+        t = target[r]
+        if j == t and t != ignore_index:
+            wt = w[t] if has_w else one
+            out[r, j] = -wt * coef
+        else:
+            out[r, j] = zero
+
+
 @cuda.jit
 def affine_cols(X, offset, scale, out, inverse):
     """out = (X - offset) / scale, or X * scale + offset (inverse), in float64 per column."""
@@ -481,6 +618,68 @@ sum_partials = _partials(_first)
 squared_error_partials = _partials(_squared_error_term)
 abs_error_partials = _partials(_abs_error_term)
 huber_partials = _partials(_huber)
+
+
+@cuda.jit(device=True)
+def _store_partial(sh, acc, partials):
+    """partials[blockIdx.x] = the block's sum of ``acc`` (shared buffer ``sh``)."""
+    total = _block_sum(sh, acc)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def bce_partials(x, t, w, has_w, one, lo, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce(x[i], t[i], one, lo)
+        acc += v * w[i] if has_w else v
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def bce_logits_partials(x, t, w, pw, has_w, has_pw, zero, one, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce_logits(x[i], t[i], pw[i], has_pw, zero, one)
+        acc += v * w[i] if has_w else v
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def kl_div_partials(x, t, log_target, zero, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        acc += _kl(x[i], t[i], log_target, zero)
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def nll_partials(x, target, w, has_w, ignore_index, zero, one, partials):
+    """partials (2, blocks): each block's float64 sums of the row losses and target weights."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    loss, weight = 0.0, 0.0
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        v, wt = _nll_row(x, target, w, has_w, ignore_index, row, zero, one)
+        loss += v
+        weight += wt
+    _store_partial(sh, loss, partials[0])
+    _store_partial(sh, weight, partials[1])
+
+
+@cuda.jit
+def nll_weight_partials(target, w, has_w, ignore_index, zero, one, partials):
+    """Each block's float64 sum of the kept rows' target weights (nll_loss_grad's 'mean')."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        t = target[row]
+        if t != ignore_index:
+            acc += w[t] if has_w else one
+    _store_partial(sh, acc, partials)
 
 
 @cuda.jit

@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from .reference import ReferenceBackend, _grad_scale
+from .reference import BCE_EPS, ReferenceBackend, _grad_scale
 
 _F64 = np.dtype(np.float64)
 
@@ -97,16 +97,27 @@ def _consts(dtype, *values):
     return tuple(dtype.type(v) for v in values)
 
 
+def _block_partials(kernel, n, *args, parts=1):
+    """float64 totals of a fused partial-sum kernel over n > 0 items (grid-stride).
+
+    The kernel takes ``args`` then a float64 partials array, (blocks,) or
+    (parts, blocks), that each block fills with its sum(s); the host adds the
+    small partials: a float (parts == 1) or an array of ``parts`` totals.
+    """
+    _, tpb, _, max_blocks = _launch_limits()
+    blocks = min(_cdiv(n, tpb), max_blocks)
+    partials = _IO.empty(blocks if parts == 1 else (parts, blocks), _F64)
+    kernel[blocks, tpb](*args, partials)
+    totals = partials.copy_to_host().sum(axis=-1)
+    return float(totals) if parts == 1 else totals
+
+
 def _partial_sum(kernel, a, b, c=0, h=0):
     """float64 sum of a partial-sum kernel's terms over flat device arrays a, b (constants c, h
     of their dtype): device partials, host total."""
     if a.size == 0:
         return 0.0
-    _, tpb, _, max_blocks = _launch_limits()
-    blocks = min(_cdiv(a.size, tpb), max_blocks)
-    partials = _IO.empty(blocks, _F64)
-    kernel[blocks, tpb](a, b, *_consts(a.dtype, c, h), partials)
-    return float(partials.copy_to_host().sum())
+    return _block_partials(kernel, a.size, a, b, *_consts(a.dtype, c, h))
 
 
 def _sum64(a):
@@ -186,6 +197,42 @@ def _softmax_backward(grad_out, y, log):
     _launch_rows(_k().softmax_backward_rows, *y.shape, io.put(grad_out), io.put(y), out, log,
                  y.dtype.type(0))
     return io.get(out)
+
+
+def _loss_args(io, arrays, optional):
+    """Flat device arrays, then the optional ones (the first array fills an absent one's
+    slot, never read), then their presence flags: the probability-loss kernels' head."""
+    dev = [_flat(io.put(a)) for a in arrays]
+    return (*dev, *[dev[0] if a is None else _flat(io.put(a)) for a in optional],
+            *[a is not None for a in optional])
+
+
+def _pointwise(kernel, arrays, optional=(), tail=()):
+    """kernel(*arrays, *optional, *present, *tail, out) -> ``out`` shaped like arrays[0]."""
+    io = _IO(*arrays, *optional)
+    out = io.empty(arrays[0].shape, arrays[0].dtype)
+    if out.size:
+        _launch_1d(kernel, out.size, *_loss_args(io, arrays, optional), *tail, _flat(out))
+    return io.get(out)
+
+
+def _loss(kernels, reduction, input, target, optional=(), tail=(), count=None):
+    """An element-wise loss: its terms for 'none' (kernels[0]), else the float64 'sum', or
+    that sum / count (default: the element count), from the fused partials kernel kernels[1]."""
+    if reduction == "none":
+        return _pointwise(kernels[0], (input, target), optional, tail)
+    total = 0.0
+    if input.size:
+        io = _IO(input, target, *optional)
+        total = _block_partials(kernels[1], input.size,
+                                *_loss_args(io, (input, target), optional), *tail)
+    return total if reduction == "sum" else _mean(total, input.size if count is None else count)
+
+
+def _class_weight(io, weight, filler):
+    """(device class weight, has_weight); without a weight the 1-D device array ``filler``
+    of the input dtype fills the kernel's slot, never read."""
+    return (filler, False) if weight is None else (io.put(weight), True)
 
 
 def _ce_setup(input, target, weight, ignore_index, reduction, label_smoothing):
@@ -347,6 +394,76 @@ class CudaBackend(ReferenceBackend):
         _launch_rows(_k().cross_entropy_grad_rows, *input.shape, x, t, w, *scalars,
                      input.dtype.type(denom), grad, *_consts(input.dtype, -np.inf, 0, 1))
         return io.get(grad)
+
+    def binary_cross_entropy(self, input, target, weight, reduction):
+        k = _k()
+        return _loss((k.bce_error, k.bce_partials), reduction, input, target, (weight,),
+                     _consts(input.dtype, 1, -100))
+
+    def binary_cross_entropy_grad(self, input, target, weight, reduction):
+        return _pointwise(_k().bce_grad, (input, target), (weight,),
+                          _consts(input.dtype, 1, BCE_EPS, _grad_scale(reduction, input.size)))
+
+    def binary_cross_entropy_with_logits(self, input, target, weight, reduction, pos_weight):
+        k = _k()
+        return _loss((k.bce_logits_error, k.bce_logits_partials), reduction, input, target,
+                     (weight, pos_weight), _consts(input.dtype, 0, 1))
+
+    def binary_cross_entropy_with_logits_grad(self, input, target, weight, reduction,
+                                              pos_weight):
+        return _pointwise(_k().bce_logits_grad, (input, target), (weight, pos_weight),
+                          _consts(input.dtype, 1, _grad_scale(reduction, input.size)))
+
+    def nll_loss(self, input, target, weight, ignore_index, reduction):
+        k = _k()
+        n, dt = input.shape[0], input.dtype
+        io = _IO(input, weight)
+        loss = io.empty(n, dt) if reduction == "none" else None
+        total, count = 0.0, 0.0
+        if n:
+            x = io.put(input)
+            args = (x, io.put(target), *_class_weight(io, weight, _flat(x)), ignore_index,
+                    *_consts(dt, 0, 1))
+            if reduction == "none":
+                _launch_1d(k.nll_rows, n, *args, loss)
+            else:  # one fused pass: the loss sum and the kept rows' weight sum
+                total, count = _block_partials(k.nll_partials, n, *args, parts=2)
+        if reduction == "none":
+            return io.get(loss)
+        return float(total) if reduction == "sum" else _mean(total, count)
+
+    def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
+        k = _k()
+        n, dt = input.shape[0], input.dtype
+        io = _IO(input, weight)
+        grad = io.empty(input.shape, dt)
+        if n:  # the gradient does not depend on input's values: they never go to the device
+            head = (io.put(target), *_class_weight(io, weight, _flat(grad)), ignore_index)
+            coef = 1.0
+            if reduction == "mean":
+                count = _block_partials(k.nll_weight_partials, n, *head, *_consts(dt, 0, 1))
+                with np.errstate(divide="ignore"):
+                    coef = np.float64(1.0) / np.float64(count)
+            with np.errstate(over="ignore"):
+                consts = _consts(dt, 0, 1, coef)
+            _launch_1d(k.nll_grad, grad.size, *head, *consts, grad)
+        return io.get(grad)
+
+    def kl_div(self, input, target, reduction, log_target):
+        k = _k()
+        count = self._kl_scale(input, reduction) if reduction != "sum" else None
+        return _loss((k.kl_div_error, k.kl_div_partials), reduction, input, target,
+                     tail=(bool(log_target), input.dtype.type(0)), count=count)
+
+    def kl_div_grad(self, input, target, reduction, log_target):
+        count = self._kl_scale(input, reduction)
+        scale = input.dtype.type(1.0 / count) if count else input.dtype.type(1)
+        io = _IO(input, target)
+        out = io.empty(target.shape, target.dtype)
+        if out.size:  # only the target is read
+            _launch_1d(_k().kl_div_grad, out.size, _flat(io.put(target)), bool(log_target),
+                       -scale, _flat(out))
+        return io.get(out)
 
     # ------------------------------------------------------------- optim
     def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,

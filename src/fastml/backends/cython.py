@@ -54,6 +54,17 @@ def _elementwise_grad(kernel, input, target, scale, *params):
     return out
 
 
+def _class_reduced(reduction, per_row, total, weight_sum):
+    """A class-target loss (cross_entropy, nll_loss): the per-row losses, their sum, or the
+    sum over the summed target weights ('mean'; NaN when every row is ignored)."""
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(total) / np.float64(weight_sum))
+
+
 class CythonBackend(ReferenceBackend):
     name = "cython"
 
@@ -154,12 +165,7 @@ class CythonBackend(ReferenceBackend):
         total, wsum = _losses.cross_entropy(input, target, self._class_weight(input, weight),
                                             ignore_index, label_smoothing, out,
                                             get_num_threads())
-        if reduction == "none":
-            return out
-        if reduction == "sum":
-            return total
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.float64(total) / np.float64(wsum))
+        return _class_reduced(reduction, out, total, wsum)
 
     def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
                            label_smoothing):
@@ -204,12 +210,7 @@ class CythonBackend(ReferenceBackend):
         out = np.empty(input.shape[0], input.dtype) if reduction == "none" else None
         total, wsum = _losses.nll_loss(input, target, self._class_weight(input, weight),
                                        ignore_index, out, get_num_threads())
-        if reduction == "none":
-            return out
-        if reduction == "sum":
-            return total
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.float64(total) / np.float64(wsum))
+        return _class_reduced(reduction, out, total, wsum)
 
     def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
         w = self._class_weight(input, weight)

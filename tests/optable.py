@@ -250,15 +250,28 @@ def adagrad_inputs(draw, dtype):
 
 
 @st.composite
-def columns_inputs(draw, dtype, with_scale=False):
+def columns_inputs(draw, dtype, with_scale=False, with_inf=False):
+    """Columns with NaN (missing); with ``with_inf``, sometimes +-inf, which fits must detect."""
     n, f = draw(st.integers(0, 9)), draw(st.integers(0, 5))
+    special = st.sampled_from(SPECIALS) if with_inf else st.just(math.nan)
     d = {"X": np.ascontiguousarray(draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
         *([st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64)] * 5),
-        st.just(math.nan)))))}
+        special))))}
     if with_scale:
         d["offset"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(-10, 10)))
         d["scale"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(0.1, 10)))
     return d
+
+
+@st.composite
+def rows_inputs(draw, dtype):
+    """Finite rows (Normalizer rejects NaN/inf), some all zero, and a norm."""
+    n, f = draw(st.integers(0, 9)), draw(st.integers(0, 6))
+    X = draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
+        st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64), st.just(0.0))))
+    if n and draw(st.booleans()):
+        X[draw(st.integers(0, n - 1))] = 0
+    return {"X": np.ascontiguousarray(X), "norm": draw(st.sampled_from(["l1", "l2", "max"]))}
 
 
 # --------------------------------------------------------------------- calls
@@ -532,6 +545,11 @@ ROWS = [
     Row("preprocessing.column_stats", _kernel("column_stats"), columns_inputs, reduces=True,
         tol={np.dtype(np.float32): (1e-12, 1e-9), np.dtype(np.float64): (1e-12, 1e-9)},
         bench=_columns_bench),
+    Row("preprocessing.column_minmax", _kernel("column_minmax"),
+        lambda t: columns_inputs(t, with_inf=True),
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_columns_bench),
+    Row("preprocessing.normalize_rows", _kernel("normalize_rows"), rows_inputs,
+        bench=lambda t: {**_columns_bench(t), "norm": "l2"}),
     Row("preprocessing.standardize", _kernel("standardize"),
         lambda t: columns_inputs(t, with_scale=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),

@@ -443,6 +443,36 @@ class ReferenceBackend:
         return (X * scale + offset).astype(X.dtype, copy=False)
 
 
+    @op("preprocessing")
+    def column_minmax(self, X):
+        """NaN-ignoring per-column (min, max) of X (n, F), both float64 (F,).
+
+        A column with no observed value gives (+inf, -inf), the identities of
+        ``fmin``/``fmax``, so the results of chunks merge with ``np.fmin`` /
+        ``np.fmax``; an inf in the data shows as min -inf or max +inf.
+        """
+        lo = np.fmin.reduce(X, axis=0, initial=np.inf)
+        hi = np.fmax.reduce(X, axis=0, initial=-np.inf)
+        return lo.astype(np.float64), hi.astype(np.float64)
+
+    @op("preprocessing")
+    def normalize_rows(self, X, norm):
+        """Each row of X (n, F) divided by its norm: ``'l1'`` (sum of |x|), ``'l2'``
+        or ``'max'`` (max |x|), as sklearn.preprocessing.normalize; a row whose
+        norm is below ``10 * eps`` of X's dtype is left as it is. Norms are
+        accumulated in float64 and rounded to X's dtype before dividing."""
+        a = np.abs(X).astype(np.float64)
+        if norm == "l1":
+            norms = a.sum(axis=1)
+        elif norm == "l2":
+            norms = np.sqrt((a * a).sum(axis=1))
+        else:
+            norms = a.max(axis=1, initial=0.0)
+        norms = norms.astype(X.dtype)
+        norms[norms < 10 * np.finfo(X.dtype).eps] = 1
+        return X / norms[:, None]
+
+
 ReferenceBackend.OPS = {
     fn._fastml_op: name
     for name, fn in vars(ReferenceBackend).items()

@@ -274,6 +274,25 @@ def rows_inputs(draw, dtype):
     return {"X": np.ascontiguousarray(X), "norm": draw(st.sampled_from(["l1", "l2", "max"]))}
 
 
+@st.composite
+def polynomial_inputs(draw, dtype):
+    from fastml.preprocessing._polynomial import product_table
+    n, f = draw(st.integers(0, 7)), draw(st.integers(0, 5))
+    hi = draw(st.integers(0, 3))
+    lo = draw(st.integers(0, hi))
+    left, right, keep = product_table(f, lo, hi, draw(st.booleans()), draw(st.booleans()))
+    return {"X": draw(arrays(dtype, (n, f), -10, 10, layout=False)),
+            "left": left, "right": right, "keep": keep}
+
+
+def _polynomial_bench(dtype):
+    """PolynomialFeatures(degree=2) of 100,000 x 30: 496 output columns."""
+    from fastml.preprocessing._polynomial import product_table
+    left, right, keep = product_table(30, 0, 2, False, True)
+    X = np.random.default_rng(0).standard_normal((100_000, 30)).astype(dtype)
+    return {"X": X, "left": left, "right": right, "keep": keep}
+
+
 # --------------------------------------------------------------------- calls
 def _copy_inplace(d, names):
     """Fresh copies of the arrays an in-place op mutates (so backends don't share state)."""
@@ -550,6 +569,8 @@ ROWS = [
         tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_columns_bench),
     Row("preprocessing.normalize_rows", _kernel("normalize_rows"), rows_inputs,
         bench=lambda t: {**_columns_bench(t), "norm": "l2"}),
+    Row("preprocessing.polynomial_features", _kernel("polynomial_features"), polynomial_inputs,
+        bench=_polynomial_bench),
     Row("preprocessing.standardize", _kernel("standardize"),
         lambda t: columns_inputs(t, with_scale=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),

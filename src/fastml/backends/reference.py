@@ -473,6 +473,22 @@ class ReferenceBackend:
         return X / norms[:, None]
 
 
+    @op("preprocessing")
+    def polynomial_features(self, X, left, right, keep):
+        """Monomials of X's columns: X (n, F) -> (n, len(keep)) in X's dtype.
+
+        Monomial k of the full list is ``M[:, left[k]] * X[:, right[k]]``,
+        where ``left[k] == -1`` stands for 1 and ``right[k] == -1`` for no
+        factor (so monomial 0 is the constant); the output holds the
+        monomials ``keep``, in order (as sklearn.preprocessing.PolynomialFeatures).
+        """
+        full = np.empty((X.shape[0], left.size), X.dtype)
+        for k in range(left.size):
+            base = full[:, left[k]] if left[k] >= 0 else X.dtype.type(1)
+            full[:, k] = base * X[:, right[k]] if right[k] >= 0 else base
+        return np.ascontiguousarray(full[:, keep])
+
+
 ReferenceBackend.OPS = {
     fn._fastml_op: name
     for name, fn in vars(ReferenceBackend).items()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 
 def kernel_input(X):
@@ -34,3 +35,9 @@ def finish(out, X, X_in, copy):
         X[...] = out
         return X
     return out.astype(X.dtype, copy=False)
+
+
+def reject_sparse(X, name, hint=""):
+    """fastml's transformers take dense input only: TypeError naming the estimator."""
+    if scipy.sparse.issparse(X):
+        raise TypeError(f"{name} does not support sparse input.{hint}")

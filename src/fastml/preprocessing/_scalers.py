@@ -13,7 +13,7 @@ from sklearn.utils.validation import (
 )
 
 from .._config import instance as _backend
-from ._base import finish, handle_zeros_in_scale, kernel_input, raise_infinity
+from ._base import finish, handle_zeros_in_scale, kernel_input, raise_infinity, reject_sparse
 
 _EPS64 = np.finfo(np.float64).eps
 
@@ -261,12 +261,6 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-def _reject_sparse(X, name, hint=""):
-    import scipy.sparse
-    if scipy.sparse.issparse(X):
-        raise TypeError(f"{name} does not support sparse input.{hint}")
-
-
 def _observed_minmax(X, prev_lo=None, prev_hi=None):
     """Per-column (min, max) of X merged with the previous chunks', float64, from one
     pass of the backend's ``column_minmax``; NaN where never observed. Raises
@@ -289,7 +283,7 @@ class _RangeScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         copy = self.copy if copy is None else copy
         X_in = X
-        _reject_sparse(X, type(self).__name__)
+        reject_sparse(X, type(self).__name__)
         if reset_check:
             X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES,
                               ensure_all_finite="allow-nan")
@@ -404,7 +398,7 @@ class MinMaxScaler(_RangeScaler):
         if lo_range >= hi_range:
             raise ValueError("Minimum of desired feature range must be smaller than maximum. "
                              f"Got {self.feature_range}.")
-        _reject_sparse(X, "MinMaxScaler", " Consider using MaxAbsScaler instead.")
+        reject_sparse(X, "MinMaxScaler", " Consider using MaxAbsScaler instead.")
         first_pass = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, reset=first_pass, dtype=FLOAT_DTYPES, ensure_all_finite=False)
         if first_pass:
@@ -514,7 +508,7 @@ class MaxAbsScaler(_RangeScaler):
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Update the maxima with one more chunk; same arguments and errors as :meth:`fit`."""
-        _reject_sparse(X, "MaxAbsScaler")
+        reject_sparse(X, "MaxAbsScaler")
         first_pass = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, reset=first_pass, dtype=FLOAT_DTYPES, ensure_all_finite=False)
         lo, hi = _observed_minmax(X)
@@ -582,7 +576,7 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Validate X (n_samples, n_features) and record its features; returns self."""
-        _reject_sparse(X, "Normalizer")
+        reject_sparse(X, "Normalizer")
         validate_data(self, X)
         return self
 
@@ -595,7 +589,7 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """
         copy = self.copy if copy is None else copy
         X_in = X
-        _reject_sparse(X, "Normalizer")
+        reject_sparse(X, "Normalizer")
         X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES)
         return finish(_backend().normalize_rows(kernel_input(X), self.norm), X, X_in, copy)
 

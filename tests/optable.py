@@ -275,6 +275,13 @@ def rows_inputs(draw, dtype):
 
 
 @st.composite
+def quantile_inputs(draw, dtype):
+    q = draw(st.lists(st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]),
+                                st.floats(0, 1)), min_size=1, max_size=3))
+    return {**draw(columns_inputs(dtype)), "q": np.array(q)}
+
+
+@st.composite
 def polynomial_inputs(draw, dtype):
     from fastml.preprocessing._polynomial import product_table
     n, f = draw(st.integers(0, 7)), draw(st.integers(0, 5))
@@ -567,6 +574,9 @@ ROWS = [
     Row("preprocessing.column_minmax", _kernel("column_minmax"),
         lambda t: columns_inputs(t, with_inf=True),
         tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_columns_bench),
+    Row("preprocessing.column_quantiles", _kernel("column_quantiles"), quantile_inputs,
+        tol={np.dtype(np.float32): (1e-14, 1e-12), np.dtype(np.float64): (1e-14, 1e-12)},
+        bench=lambda t: {**_columns_bench(t), "q": np.array([0.5, 0.25, 0.75])}),
     Row("preprocessing.normalize_rows", _kernel("normalize_rows"), rows_inputs,
         bench=lambda t: {**_columns_bench(t), "norm": "l2"}),
     Row("preprocessing.polynomial_features", _kernel("polynomial_features"), polynomial_inputs,

@@ -13,19 +13,25 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn import datasets
 from sklearn import preprocessing as skp
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fastml import _compat
-from fastml.preprocessing import MaxAbsScaler, MinMaxScaler, Normalizer
+from fastml.preprocessing import MaxAbsScaler, MinMaxScaler, Normalizer, RobustScaler
 
 from preprocessing_support import DTYPES, LOADERS, backend_fixture, inject_nan, rows_for
 
-backend = backend_fixture("column_minmax", "normalize_rows", "standardize", "unstandardize")
-SK = {MinMaxScaler: skp.MinMaxScaler, MaxAbsScaler: skp.MaxAbsScaler, Normalizer: skp.Normalizer}
+backend = backend_fixture("column_minmax", "column_quantiles", "normalize_rows", "standardize",
+                          "unstandardize")
+SK = {MinMaxScaler: skp.MinMaxScaler, MaxAbsScaler: skp.MaxAbsScaler, Normalizer: skp.Normalizer,
+      RobustScaler: skp.RobustScaler}
 RANGE_SCALERS = [MinMaxScaler(), MinMaxScaler(feature_range=(-3, 0.5), clip=True),
                  MaxAbsScaler(), MaxAbsScaler(clip=True)]
 NORMALIZERS = [Normalizer(), Normalizer("l1"), Normalizer("max")]
+ROBUST = [RobustScaler(), RobustScaler(with_centering=False),
+          RobustScaler(with_scaling=False, quantile_range=(5.0, 60.0)),
+          RobustScaler(quantile_range=(10.0, 90.0), unit_variance=True)]
 
 
 def sk_twin(est):
@@ -41,7 +47,7 @@ def assert_close(ours, ref, dtype):
     np.testing.assert_allclose(ours, ref, rtol=tol, atol=tol)
 
 
-@parametrize_with_checks(RANGE_SCALERS + NORMALIZERS + [MinMaxScaler(copy=False)],
+@parametrize_with_checks(RANGE_SCALERS + NORMALIZERS + ROBUST + [MinMaxScaler(copy=False)],
                          expected_failed_checks=lambda est: (
                              {"check_methods_sample_order_invariance":
                               "copy=False transforms the check's X in place between its "
@@ -56,15 +62,17 @@ def test_sklearn_estimator_checks(backend, estimator, check):
 
 # --------------------------------------------------- scikit-learn as the oracle
 ATTRIBUTES = ("min_", "scale_", "data_min_", "data_max_", "data_range_", "max_abs_",
-              "n_samples_seen_", "n_features_in_")
+              "center_", "n_samples_seen_", "n_features_in_")
 
 
 def assert_same_attributes(ours, ref):
     for name in ATTRIBUTES:
         if hasattr(ref, name):
             a, b = getattr(ours, name), getattr(ref, name)
+            assert (a is None) == (b is None), name
             assert np.asarray(a).dtype == np.asarray(b).dtype, name
-            np.testing.assert_array_equal(a, b, err_msg=name)  # min/max are exact
+            # min/max are exact; quantiles interpolate as NumPy's, in float64
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # scikit-learn's
@@ -86,6 +94,22 @@ def test_range_scalers_match_sklearn_on_datasets(backend, loader, dtype, est, na
     assert_close(ours.transform(held_out), ref.transform(held_out), dtype)
 
 
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # scikit-learn's
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda f: f.__name__[5:])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("est", ROBUST, ids=repr)
+@pytest.mark.parametrize("nan", [False, True], ids=["dense", "nan"])
+def test_robust_scaler_matches_sklearn_on_datasets(backend, loader, dtype, est, nan):
+    X = rows_for(backend, loader(return_X_y=True)[0]).astype(dtype)
+    if nan:
+        X = inject_nan(X, np.random.default_rng(1), 0.2)
+    ours, ref = clone(est).fit(X), sk_twin(est).fit(X)
+    assert_same_attributes(ours, ref)
+    Z = ref.transform(X)
+    assert_close(ours.transform(X), Z, dtype)
+    assert_close(ours.inverse_transform(Z), ref.inverse_transform(Z), dtype)
+
+
 @pytest.mark.parametrize("loader", LOADERS, ids=lambda f: f.__name__[5:])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("est", NORMALIZERS, ids=repr)
@@ -99,7 +123,7 @@ def test_normalizer_matches_sklearn_on_datasets(backend, loader, dtype, est):
 
 def test_constant_and_unobserved_features(backend):
     X = np.column_stack([np.full(12, 3.0), np.arange(12.0), np.full(12, np.nan), np.zeros(12)])
-    for est in (MinMaxScaler(), MaxAbsScaler()):
+    for est in (MinMaxScaler(), MaxAbsScaler(), RobustScaler()):
         with pytest.warns(RuntimeWarning, match="All-NaN"):
             ref = sk_twin(est).fit(X)
         ours = est.fit(X)
@@ -109,7 +133,7 @@ def test_constant_and_unobserved_features(backend):
 
 def test_integer_input_becomes_float64(backend):
     X = np.arange(24).reshape(8, 3)
-    for est in (MinMaxScaler(), MaxAbsScaler(), Normalizer()):
+    for est in (MinMaxScaler(), MaxAbsScaler(), Normalizer(), RobustScaler()):
         assert_close(est.fit_transform(X), sk_twin(est).fit_transform(X), np.float64)
 
 
@@ -151,7 +175,7 @@ def test_property_partial_fit_equals_fit(backend, data, dtype, est):
 
 # ------------------------------------------------------------ transforms
 @pytest.mark.parametrize("est", [MinMaxScaler(copy=False), MaxAbsScaler(copy=False),
-                                 Normalizer(copy=False)], ids=repr)
+                                 Normalizer(copy=False), RobustScaler(copy=False)], ids=repr)
 def test_copy_false_works_in_place(backend, est):
     X = np.random.default_rng(11).normal(3, 2, (20, 4))
     expected = sk_twin(est).fit(X).transform(X.copy())
@@ -162,7 +186,7 @@ def test_copy_false_works_in_place(backend, est):
 
 def test_inverse_round_trip(backend):
     X = inject_nan(datasets.load_iris(return_X_y=True)[0][:24], np.random.default_rng(3))
-    for est in (MinMaxScaler((-1, 1)), MaxAbsScaler()):
+    for est in (MinMaxScaler((-1, 1)), MaxAbsScaler(), RobustScaler()):
         np.testing.assert_allclose(est.inverse_transform(est.fit_transform(X)), X,
                                    rtol=1e-12, atol=1e-12)
 
@@ -172,12 +196,12 @@ def test_errors(backend):
     X = np.random.default_rng(13).normal(size=(10, 3))
     bad = X.copy()
     bad[2, 1] = -np.inf
-    for cls in (MinMaxScaler, MaxAbsScaler):
+    for cls in (MinMaxScaler, MaxAbsScaler, RobustScaler):
         with pytest.raises(NotFittedError):
             cls().transform(X)
     # Normalizer is stateless: no fit needed, as scikit-learn's (requires_fit=False).
     assert_close(Normalizer().transform(X), skp.Normalizer().transform(X), np.float64)
-    for cls in (MinMaxScaler, MaxAbsScaler, Normalizer):
+    for cls in (MinMaxScaler, MaxAbsScaler, Normalizer, RobustScaler):
         est = cls().fit(X)
         with pytest.raises(ValueError, match="features"):
             est.transform(X[:, :2])
@@ -191,6 +215,8 @@ def test_errors(backend):
         Normalizer().fit(X).transform(inject_nan(X, np.random.default_rng(0), 0.5))
     with pytest.raises(ValueError, match=r"feature range must be smaller.*\(2, 1\)"):
         MinMaxScaler(feature_range=(2, 1)).fit(X)
+    with pytest.raises(ValueError, match=r"Invalid quantile range: \(80, 20\)"):
+        RobustScaler(quantile_range=(80, 20)).fit(X)
     with pytest.raises(ValueError, match="norm"):
         Normalizer(norm="l3").fit(X)
     pos_inf = X.copy()

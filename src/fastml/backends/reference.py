@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 
 import numpy as np
 
@@ -454,6 +455,23 @@ class ReferenceBackend:
         lo = np.fmin.reduce(X, axis=0, initial=np.inf)
         hi = np.fmax.reduce(X, axis=0, initial=-np.inf)
         return lo.astype(np.float64), hi.astype(np.float64)
+
+    @op("preprocessing")
+    def column_quantiles(self, X, q):
+        """NaN-ignoring per-column quantiles of X (n, F) at the fractions q (k,) in
+        [0, 1]: float64 (k, F), NaN for a column with no observed value.
+
+        NumPy's default ('linear') method, as ``np.nanquantile``: at virtual
+        index ``h = q * (m - 1)`` of the m sorted observed values,
+        ``a + (b - a) * g`` with ``a, b`` the values at ``floor(h)``,
+        ``floor(h) + 1`` and ``g = h - floor(h)``, written ``b - (b - a) * (1 - g)``
+        when ``g >= 0.5`` (NumPy's lerp). The accelerated backends select
+        (no full sort per column).
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            out = np.nanquantile(X.astype(np.float64), q, axis=0)
+        return out.reshape(q.size, X.shape[1])
 
     @op("preprocessing")
     def normalize_rows(self, X, norm):

@@ -599,3 +599,112 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         tags.requires_fit = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+class RobustScaler(_RangeScaler):
+    """Scale with statistics robust to outliers: ``(X - center_) / scale_``, where
+    ``center_`` is the median and ``scale_`` the ``quantile_range`` (the
+    interquartile range by default), column-wise.
+
+    Follows :class:`sklearn.preprocessing.RobustScaler` for dense input
+    (parameters, defaults, fitted attributes and their dtypes, errors). The
+    median and both quantiles of each column come from one call of the
+    backend's ``column_quantiles`` kernel, which selects them (no full sort per
+    column), with NumPy's 'linear' interpolation as ``np.nanpercentile``.
+
+    Parameters
+    ----------
+    with_centering : bool, default=True
+        Subtract the median.
+    with_scaling : bool, default=True
+        Divide by the quantile range.
+    quantile_range : tuple (q_min, q_max), 0 <= q_min <= q_max <= 100, default=(25.0, 75.0)
+        Percentiles of the range (ValueError otherwise).
+    copy : bool, default=True
+        If False, transforms write into X when X is a writeable float NumPy array.
+    unit_variance : bool, default=False
+        Divide the scale by the standard normal's range for ``quantile_range``,
+        so normally distributed features get variance 1.
+
+    Attributes
+    ----------
+    center_ : ndarray of shape (n_features,) or None
+        Per-feature median of the observed values (NaN if none), in X's dtype;
+        None without centering.
+    scale_ : ndarray of shape (n_features,), float64, or None
+        Per-feature quantile range, ranges below ``10 * eps`` replaced by 1; None
+        without scaling.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+
+    Notes
+    -----
+    No ``partial_fit`` (scikit-learn has none: quantiles don't merge). Dense
+    input only (``TypeError`` for sparse, which scikit-learn takes without
+    centering). NaN is ignored by ``fit`` and kept by ``transform``; inf
+    raises ``ValueError``.
+    """
+
+    _parameter_constraints: dict = {
+        "with_centering": ["boolean"],
+        "with_scaling": ["boolean"],
+        "quantile_range": [tuple],
+        "copy": ["boolean"],
+        "unit_variance": ["boolean"],
+    }
+
+    def __init__(self, *, with_centering=True, with_scaling=True, quantile_range=(25.0, 75.0),
+                 copy=True, unit_variance=False):
+        self.with_centering = with_centering
+        self.with_scaling = with_scaling
+        self.quantile_range = quantile_range
+        self.copy = copy
+        self.unit_variance = unit_variance
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Compute the median and the quantile range of each feature of X
+        (n_samples, n_features); returns self.
+
+        Raises ValueError (quantile_range, X not 2-D, empty or with inf) and
+        TypeError (sparse X).
+        """
+        reject_sparse(X, "RobustScaler")
+        X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan")
+        q_min, q_max = self.quantile_range
+        if not 0 <= q_min <= q_max <= 100:
+            raise ValueError(f"Invalid quantile range: {self.quantile_range}")
+        q = ([0.5] if self.with_centering else []) + \
+            ([q_min / 100, q_max / 100] if self.with_scaling else [])
+        stats = _backend().column_quantiles(kernel_input(X), np.asarray(q, dtype=np.float64))
+        # As scikit-learn: the median (np.nanmedian) in X's dtype, the quantile
+        # range (np.nanpercentile with float64 q) in float64.
+        self.center_ = stats[0].astype(X.dtype) if self.with_centering else None
+        self.scale_ = None
+        if self.with_scaling:
+            lo, hi = stats[-2:]
+            self.scale_ = handle_zeros_in_scale(hi - lo)
+            if self.unit_variance:
+                from scipy.stats import norm
+                self.scale_ = self.scale_ / (norm.ppf(q_max / 100.0) - norm.ppf(q_min / 100.0))
+        return self
+
+    def _center_scale(self):
+        n = self.n_features_in_
+        return (np.zeros(n) if self.center_ is None else self.center_,
+                np.ones(n) if self.scale_ is None else self.scale_)
+
+    def transform(self, X, copy=None):
+        """``(X - center_) / scale_``: X (n_samples, n_features_in_) -> the same
+        shape, X's float dtype; NaN stays NaN. Raises NotFittedError, ValueError
+        (features, inf) and TypeError (sparse X)."""
+        X, X_in, copy = self._validated(X, copy)
+        return finish(_backend().standardize(kernel_input(X), *self._center_scale()),
+                      X, X_in, copy)
+
+    def inverse_transform(self, X, copy=None):
+        """``X * scale_ + center_``; same arguments, return value and errors as
+        :meth:`transform`."""
+        X, X_in, copy = self._validated(X, copy, reset_check=False)
+        return finish(_backend().unstandardize(kernel_input(X), *self._center_scale()),
+                      X, X_in, copy)

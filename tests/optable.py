@@ -254,15 +254,54 @@ def adagrad_inputs(draw, dtype):
 
 
 @st.composite
-def columns_inputs(draw, dtype, with_scale=False):
+def columns_inputs(draw, dtype, with_scale=False, with_inf=False):
+    """Columns with NaN (missing); with ``with_inf``, sometimes +-inf, which fits must detect."""
     n, f = draw(st.integers(0, 9)), draw(st.integers(0, 5))
+    special = st.sampled_from(SPECIALS) if with_inf else st.just(math.nan)
     d = {"X": np.ascontiguousarray(draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
         *([st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64)] * 5),
-        st.just(math.nan)))))}
+        special))))}
     if with_scale:
         d["offset"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(-10, 10)))
         d["scale"] = draw(hnp.arrays(np.float64, (f,), elements=st.floats(0.1, 10)))
     return d
+
+
+@st.composite
+def rows_inputs(draw, dtype):
+    """Finite rows (Normalizer rejects NaN/inf), some all zero, and a norm."""
+    n, f = draw(st.integers(0, 9)), draw(st.integers(0, 6))
+    X = draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
+        st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64), st.just(0.0))))
+    if n and draw(st.booleans()):
+        X[draw(st.integers(0, n - 1))] = 0
+    return {"X": np.ascontiguousarray(X), "norm": draw(st.sampled_from(["l1", "l2", "max"]))}
+
+
+@st.composite
+def quantile_inputs(draw, dtype):
+    q = draw(st.lists(st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]),
+                                st.floats(0, 1)), min_size=1, max_size=3))
+    return {**draw(columns_inputs(dtype)), "q": np.array(q)}
+
+
+@st.composite
+def polynomial_inputs(draw, dtype):
+    from fastml.preprocessing._polynomial import product_table
+    n, f = draw(st.integers(0, 7)), draw(st.integers(0, 5))
+    hi = draw(st.integers(0, 3))
+    lo = draw(st.integers(0, hi))
+    left, right, keep = product_table(f, lo, hi, draw(st.booleans()), draw(st.booleans()))
+    return {"X": draw(arrays(dtype, (n, f), -10, 10, layout=False)),
+            "left": left, "right": right, "keep": keep}
+
+
+def _polynomial_bench(dtype):
+    """PolynomialFeatures(degree=2) of 100,000 x 30: 496 output columns."""
+    from fastml.preprocessing._polynomial import product_table
+    left, right, keep = product_table(30, 0, 2, False, True)
+    X = np.random.default_rng(0).standard_normal((100_000, 30)).astype(dtype)
+    return {"X": X, "left": left, "right": right, "keep": keep}
 
 
 # --------------------------------------------------------------------- calls
@@ -536,6 +575,16 @@ ROWS = [
     Row("preprocessing.column_stats", _kernel("column_stats"), columns_inputs, reduces=True,
         tol={np.dtype(np.float32): (1e-12, 1e-9), np.dtype(np.float64): (1e-12, 1e-9)},
         bench=_columns_bench),
+    Row("preprocessing.column_minmax", _kernel("column_minmax"),
+        lambda t: columns_inputs(t, with_inf=True),
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_columns_bench),
+    Row("preprocessing.column_quantiles", _kernel("column_quantiles"), quantile_inputs,
+        tol={np.dtype(np.float32): (1e-14, 1e-12), np.dtype(np.float64): (1e-14, 1e-12)},
+        bench=lambda t: {**_columns_bench(t), "q": np.array([0.5, 0.25, 0.75])}),
+    Row("preprocessing.normalize_rows", _kernel("normalize_rows"), rows_inputs,
+        bench=lambda t: {**_columns_bench(t), "norm": "l2"}),
+    Row("preprocessing.polynomial_features", _kernel("polynomial_features"), polynomial_inputs,
+        bench=_polynomial_bench),
     Row("preprocessing.standardize", _kernel("standardize"),
         lambda t: columns_inputs(t, with_scale=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),

@@ -22,45 +22,20 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import fastml
 from fastml import _compat, _config
-from fastml.backends.reference import ReferenceBackend, fallback_ops
 from fastml.preprocessing import StandardScaler
 
-PREPROCESSING_OPS = [q for q in ReferenceBackend.OPS if q.startswith("preprocessing.")]
+from preprocessing_support import DTYPES, LOADERS, backend_fixture
+from preprocessing_support import inject_nan as _inject_nan
+from preprocessing_support import rows_for as _rows
+
 CONFIGS = [dict(with_mean=m, with_std=s) for m in (True, False) for s in (True, False)]
-DTYPES = [np.float32, np.float64]
-LOADERS = [datasets.load_digits, datasets.load_iris, datasets.load_wine,
-           datasets.load_breast_cancer, datasets.load_diabetes]
-# The cuda backend runs on the simulator here: tiny data only.
-CUDA_ROWS = 24
-
-
-@pytest.fixture(params=fastml.available_backends())
-def backend(request):
-    """Run the test under each available backend (use_backend, this thread only)."""
-    name = request.param
-    if name != "numpy" and _config.strict():
-        missing = set(fallback_ops(type(_config.instance(name)))) & set(PREPROCESSING_OPS)
-        if missing:
-            pytest.skip(f"FASTML_STRICT: backend {name!r} has no native kernel for "
-                        f"{sorted(missing)} yet")
-    with fastml.use_backend(name):
-        yield name
-
-
-def _rows(backend, X):
-    return X[:CUDA_ROWS] if backend == "cuda" else X
+backend = backend_fixture("column_stats", "standardize", "unstandardize")
 
 
 def _tol(X):
     """(rtol, atol for means, atol for variances): stats are float64 either way."""
     big = float(np.nanmax(np.abs(X))) if np.isfinite(X).any() else 1.0
     return 1e-9, 1e-12 * max(big, 1.0), 1e-12 * max(big, 1.0) ** 2
-
-
-def _inject_nan(X, rng, frac=0.1):
-    X = X.copy()
-    X[rng.random(X.shape) < frac] = np.nan
-    return X
 
 
 def _assert_same_attributes(ours, ref, X, counts=True):

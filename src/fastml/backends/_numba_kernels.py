@@ -989,3 +989,328 @@ def unstandardize(X, offset, scale, out):
     for r in prange(X.shape[0]):
         for j in range(X.shape[1]):
             out[r, j] = np.float64(X[r, j]) * scale[j] + offset[j]
+
+
+@twin
+def column_minmax(X, nchunks):
+    """NaN-ignoring (min, max) per column, float64 (F,); (+inf, -inf) where a
+    column has no observed value. One row-major pass; each chunk of rows keeps
+    its extremes in X's dtype (exact), merged at the end. The compare-selects
+    skip NaN (a comparison with NaN is False) and are element-wise over the
+    columns, so they vectorize without fast-math flags."""
+    rows, f = X.shape
+    lo = np.full((nchunks, f), np.inf)
+    hi = np.full((nchunks, f), -np.inf)
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        clo = np.empty(f, X.dtype)
+        chi = np.empty(f, X.dtype)
+        for j in range(f):
+            clo[j] = np.inf
+            chi[j] = -np.inf
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            xr = X[r]
+            for j in range(f):
+                v = xr[j]
+                clo[j] = v if v < clo[j] else clo[j]
+                chi[j] = v if v > chi[j] else chi[j]
+        for j in range(f):
+            lo[k, j] = clo[j]
+            hi[k, j] = chi[j]
+    for k in range(1, nchunks):
+        for j in range(f):
+            lo[0, j] = min(lo[0, j], lo[k, j])
+            hi[0, j] = max(hi[0, j], hi[k, j])
+    return lo[0], hi[0]
+
+
+_SELECT_SMALL = 16  # ranges this short are finished by insertion sort
+
+
+@kernel
+def _insertion_sort(a, lo, hi):
+    """Sort a[lo:hi+1] in place."""
+    for i in range(lo + 1, hi + 1):
+        v = a[i]
+        j = i - 1
+        while j >= lo and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@kernel
+def _select(a, lo, hi, k):
+    """Quickselect (Hoare partition, median-of-three pivot) of a[lo:hi+1] (no NaN):
+    afterwards a[k] holds the value of sorted rank k, with no greater value
+    before it and no smaller one after it. Falls back to a sort of the remaining
+    range after 2*log2(n) + 8 partitions (adversarial input: no O(n^2))."""
+    budget = 8
+    size = hi - lo + 1
+    while size > 1:
+        size >>= 1
+        budget += 2
+    while hi - lo >= _SELECT_SMALL:
+        if budget == 0:
+            a[lo:hi + 1].sort()
+            return
+        budget -= 1
+        mid = lo + ((hi - lo) >> 1)
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i = lo - 1
+        j = hi + 1
+        while True:
+            i += 1
+            while a[i] < pivot:
+                i += 1
+            j -= 1
+            while a[j] > pivot:
+                j -= 1
+            if i >= j:
+                break
+            a[i], a[j] = a[j], a[i]
+        # a[lo:j+1] <= pivot <= a[j+1:hi+1], lo <= j < hi
+        if k <= j:
+            hi = j
+        else:
+            lo = j + 1
+    _insertion_sort(a, lo, hi)
+
+
+@kernel
+def _select_ranks(a, ranks):
+    """Put the values of sorted rank ``ranks`` (ascending) of a in place: each
+    selected in the part not yet fixed; a rank just after the previous one is
+    the minimum of that part."""
+    m = a.size
+    done = -1  # a[:done+1] holds the ranks 0..done in place
+    for t in ranks:
+        if t <= done:
+            continue
+        if t == done + 1 and done >= 0:
+            best = t
+            for s in range(t + 1, m):
+                if a[s] < a[best]:
+                    best = s
+            a[t], a[best] = a[best], a[t]
+        else:
+            _select(a, done + 1, m - 1, t)
+        done = t
+
+
+# Columns with at least this many observed values are first narrowed by a sample
+# (Floyd and Rivest's selection): one pass counts the values below a window of
+# sample values around each wanted rank and copies the values inside it; the
+# exact selection then runs on the small copies.
+_SAMPLE_MIN = 1 << 16
+_SAMPLE = 1 << 14
+
+
+@kernel
+def _window_ranks(a, prev, nxt, found):
+    """found[i, 0:2] = values of ranks prev[i], nxt[i] of a, through a sample;
+    returns False (found incomplete) when a rank fell outside its window."""
+    m = a.size
+    nq = prev.size
+    sample = np.empty(_SAMPLE, a.dtype)
+    state = np.uint64(0x9E3779B97F4A7C15)
+    for i in range(_SAMPLE):
+        state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+        sample[i] = a[np.int64((state >> np.uint64(33)) % np.uint64(m))]
+    sample.sort()
+    margin = 2 * np.int64(np.sqrt(_SAMPLE))  # 4 sigma of the sample rank, at worst
+    u = np.empty(nq, a.dtype)
+    v = np.empty(nq, a.dtype)
+    for i in range(nq):
+        t = np.int64(np.float64(prev[i]) * _SAMPLE / m)
+        u[i] = sample[t - margin] if t - margin >= 0 else -np.inf
+        v[i] = sample[t + margin] if t + margin < _SAMPLE else np.inf
+    cap = 16 * m * margin // _SAMPLE + 64
+    win = np.empty((nq, cap), a.dtype)
+    below = np.zeros(nq, np.int64)
+    inside = np.zeros(nq, np.int64)
+    for i in range(nq):
+        ui, vi, w = u[i], v[i], win[i]
+        b = 0
+        c = 0
+        for s in range(m):  # branch-free: a window value is unpredictable
+            x = a[s]
+            b += x < ui
+            w[min(c, cap - 1)] = x
+            c += (ui <= x) & (x <= vi)
+        if not (c < cap and b <= prev[i] and nxt[i] < b + c):
+            return False  # (c == cap: the last slot may be overwritten)
+        below[i] = b
+        inside[i] = c
+    ranks = np.empty(2, np.int64)
+    for i in range(nq):
+        w = win[i, :inside[i]]
+        ranks[0] = prev[i] - below[i]
+        ranks[1] = nxt[i] - below[i]
+        _select_ranks(w, ranks)
+        found[i, 0] = w[ranks[0]]
+        found[i, 1] = w[ranks[1]]
+    return True
+
+
+@kernel
+def _quantiles_1d(a, q, out, col):
+    """np.quantile(a, q) ('linear') of the m observed values a (reordered in place)
+    into out[:, col], float64, bit for bit: NumPy's indices, gamma and lerp
+    (including its clipping at the ends, where gamma = h + 1)."""
+    m = a.size
+    nq = q.size
+    if m == 0:
+        for i in range(nq):
+            out[i, col] = np.nan
+        return
+    prev = np.empty(nq, np.int64)
+    nxt = np.empty(nq, np.int64)
+    gamma = np.empty(nq)
+    for i in range(nq):
+        h = np.float64(m - 1) * q[i]
+        if h >= m - 1 or h != h:
+            prev[i] = nxt[i] = m - 1
+            gamma[i] = h + 1.0  # NumPy's previous index is -1 there
+        elif h < 0.0:
+            prev[i] = nxt[i] = 0
+            gamma[i] = h
+        else:
+            fl = np.floor(h)
+            prev[i] = np.int64(fl)
+            nxt[i] = prev[i] + 1
+            gamma[i] = h - fl
+    found = np.empty((nq, 2), a.dtype)
+    if not (m >= _SAMPLE_MIN and _window_ranks(a, prev, nxt, found)):
+        _select_ranks(a, np.sort(np.concatenate((prev, nxt))))
+        for i in range(nq):
+            found[i, 0] = a[prev[i]]
+            found[i, 1] = a[nxt[i]]
+    for i in range(nq):
+        lo = np.float64(found[i, 0])
+        hi = np.float64(found[i, 1])
+        g = gamma[i]
+        d = hi - lo
+        out[i, col] = hi - d * (1.0 - g) if g >= 0.5 else lo + d * g
+
+
+@twin
+def column_quantiles(X, q, out, nchunks):
+    """NaN-ignoring quantiles q (k,) of each column of X (n, F) into out (k, F),
+    float64, NaN for an unobserved column. Columns go in groups about one cache
+    line wide (whole groups per thread): a group's observed values are gathered
+    in one pass over the rows, then each column is selected on its own."""
+    n, f = X.shape
+    line = max(1, 64 // X.itemsize)  # columns per group: one cache line of a row
+    ngroups = nchunks * ((f + nchunks * line - 1) // (nchunks * line))
+    ngroups = max(1, min(ngroups, f))
+    for g in prange(ngroups):
+        c0 = g * f // ngroups
+        c1 = (g + 1) * f // ngroups
+        w = c1 - c0
+        buf = np.empty((w, n), X.dtype)
+        for r in range(n):
+            xr = X[r]
+            for j in range(w):
+                buf[j, r] = xr[c0 + j]
+        for j in range(w):
+            b = buf[j]
+            c = 0
+            for r in range(n):  # keep the observed values, in order
+                v = b[r]
+                b[c] = v
+                c += v == v
+            _quantiles_1d(b[:c], q, out, c0 + j)
+
+
+@_sum_kernel
+def _abs_sum64(xr):
+    s = 0.0
+    for j in range(xr.size):
+        s += abs(np.float64(xr[j]))
+    return s
+
+
+@_sum_kernel
+def _square_sum64(xr):
+    s = 0.0
+    for j in range(xr.size):
+        v = np.float64(xr[j])
+        s += v * v
+    return s
+
+
+@kernel
+def _abs_max64(xr):
+    """max(0, max |x|) in float64; NaN if the row has NaN (as np.max)."""
+    m = 0.0
+    for j in range(xr.size):
+        v = abs(np.float64(xr[j]))
+        m = v if (v > m or v != v) else m
+    return m
+
+
+@twin
+def normalize_rows(X, kind, tiny, out):
+    """out = X / norm per row; kind 0: l1, 1: l2, 2: max. Norms in float64,
+    rounded to X's dtype; below tiny (10 eps of the dtype) a row is left as it is."""
+    one = X.dtype.type(1)
+    for r in prange(X.shape[0]):
+        xr, o = X[r], out[r]
+        if kind == 0:
+            s = _abs_sum64(xr)
+        elif kind == 1:
+            s = np.sqrt(_square_sum64(xr))
+        else:
+            s = _abs_max64(xr)
+        nrm = X.dtype.type(s)
+        if nrm < tiny:
+            nrm = one
+        for j in range(xr.size):
+            o[j] = xr[j] / nrm
+
+
+@kernel
+def _monomials_row(xr, runs, full):
+    """All monomials of one row into full: per run (start, left, right, length),
+    full[start + t] = base * x[right + t] with base full[left] (1 for left -1),
+    or full[start] = base for a run without factor (right -1)."""
+    one = xr.dtype.type(1)
+    for i in range(runs.shape[0]):
+        k0, lft, r0, ln = runs[i, 0], runs[i, 1], runs[i, 2], runs[i, 3]
+        base = full[lft] if lft >= 0 else one
+        if r0 < 0:
+            full[k0] = base
+            continue
+        for t in range(ln):
+            full[k0 + t] = base * xr[r0 + t]
+
+
+@twin
+def polynomial_features(X, runs, keep, offset, n_full, out, nchunks):
+    """Output rows of monomials (see ``_monomials_row``), rows split in chunks.
+    offset >= 0 means keep is the range offset..offset+K-1 (a copy, no gather);
+    offset 0 with K == n_full builds the monomials in the output row itself."""
+    rows, kk = out.shape
+    per = (rows + nchunks - 1) // nchunks
+    direct = offset == 0 and kk == n_full
+    for c in prange(nchunks):
+        full = np.empty(n_full, X.dtype)
+        for r in range(c * per, min(rows, (c + 1) * per)):
+            o = out[r]
+            if direct:
+                _monomials_row(X[r], runs, o)
+                continue
+            _monomials_row(X[r], runs, full)
+            if offset >= 0:
+                for i in range(kk):
+                    o[i] = full[offset + i]
+            else:
+                for i in range(kk):
+                    o[i] = full[keep[i]]

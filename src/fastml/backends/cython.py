@@ -23,6 +23,11 @@ def _vec(a):
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
+def _index(a):
+    """Index tables as contiguous int64, as the kernels take them."""
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
 def _unary(kernel, x):
     out = np.empty_like(x)
     kernel(_flat(x), _flat(out), get_num_threads())
@@ -283,4 +288,24 @@ class CythonBackend(ReferenceBackend):
     def unstandardize(self, X, offset, scale):
         out = np.empty_like(X)
         _preprocessing.unstandardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out
+
+    def column_minmax(self, X):
+        return _preprocessing.column_minmax(X, get_num_threads())
+
+    def column_quantiles(self, X, q):
+        q = np.ascontiguousarray(q, dtype=np.float64).reshape(-1)
+        return _preprocessing.column_quantiles(X, q, get_num_threads())
+
+    _NORMS = {"l1": 0, "l2": 1, "max": 2}
+
+    def normalize_rows(self, X, norm):
+        out = np.empty_like(X)
+        _preprocessing.normalize_rows(X, self._NORMS[norm], out, get_num_threads())
+        return out
+
+    def polynomial_features(self, X, left, right, keep):
+        out = np.empty((X.shape[0], keep.size), X.dtype)
+        _preprocessing.polynomial_features(X, _index(left), _index(right), _index(keep), out,
+                                           get_num_threads())
         return out

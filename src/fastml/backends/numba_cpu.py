@@ -361,3 +361,49 @@ class NumbaBackend(ReferenceBackend):
     @op("preprocessing")
     def unstandardize(self, X, offset, scale):
         return _rows(K.unstandardize, X, offset, scale)
+
+    @op("preprocessing")
+    def column_minmax(self, X):
+        return _run(K.column_minmax, X.size, X, chunked=True)
+
+    @op("preprocessing")
+    def column_quantiles(self, X, q):
+        q = q.reshape(-1)
+        out = np.empty((q.size, X.shape[1]))
+        if out.size:
+            _run(K.column_quantiles, X.size, X, q, out, chunked=True)
+        return out
+
+    @op("preprocessing")
+    def normalize_rows(self, X, norm):
+        tiny = X.dtype.type(10 * np.finfo(X.dtype).eps)
+        return _rows(K.normalize_rows, X, _NORMS[norm], tiny)
+
+    @op("preprocessing")
+    def polynomial_features(self, X, left, right, keep):
+        out = np.empty((X.shape[0], keep.size), X.dtype)
+        if out.size:
+            k = keep.size
+            contiguous = k and keep[-1] - keep[0] == k - 1 and \
+                np.array_equal(keep, np.arange(keep[0], keep[0] + k))
+            _run(K.polynomial_features, out.size, X, _product_runs(left, right), keep,
+                 int(keep[0]) if contiguous else -1, left.size, out, chunked=True)
+        return out
+
+
+_NORMS = {"l1": 0, "l2": 1, "max": 2}
+
+
+def _product_runs(left, right):
+    """The recipe of ``polynomial_features`` as runs, int64 (R, 4): (start, left,
+    right, length) for monomials start..start+length-1 that share ``left`` and
+    take consecutive features ``right``, ``right + 1``, ... (so a run is one
+    vectorizable loop); a monomial without factor (right -1) is a run of its own."""
+    n = left.size
+    brk = np.ones(n, bool)
+    brk[1:] = ((left[1:] != left[:-1]) | (right[1:] != right[:-1] + 1)
+               | (right[1:] < 0) | (right[:-1] < 0))
+    starts = np.flatnonzero(brk)
+    lengths = np.diff(np.append(starts, n))
+    return np.ascontiguousarray(
+        np.stack([starts, left[starts], right[starts], lengths], axis=1), dtype=np.int64)

@@ -11,7 +11,11 @@ run a tiled shared-memory GEMM kernel with the bias add fused; it is correct
 but well below cuBLAS speed on large matrices.
 
 Scalar losses sum per-block float64 partials on the device and add the small
-partials array on the host. Launch configurations come from one cached probe
+partials array on the host. Column reductions (column_stats, column_minmax)
+write per-block partials that a second kernel merges on the device;
+column_quantiles is a radix select on the device (bit by bit over the
+floats' order-preserving integer keys, every column and quantile at once),
+described in ``_cuda_kernels``. Launch configurations come from one cached probe
 of the device; kernels compile once per dtype signature, on first use.
 """
 from __future__ import annotations
@@ -289,6 +293,19 @@ def _affine(X, offset, scale, inverse):
     return io.get(out)
 
 
+_NORM_KIND = {"l1": 0, "l2": 1, "max": 2}
+
+
+def _key_consts(dtype):
+    """The unsigned key type of a float dtype and its (sign, magnitude mask, +inf bits,
+    all ones) constants, for the radix select."""
+    key = np.dtype(np.uint32 if dtype == np.float32 else np.uint64)
+    width = 8 * key.itemsize
+    sign = 1 << (width - 1)
+    inf = int(np.array(np.inf, dtype).view(key))
+    return key, tuple(key.type(v) for v in (sign, sign - 1, inf, (1 << width) - 1))
+
+
 class CudaBackend(ReferenceBackend):
     name = "cuda"
 
@@ -517,3 +534,68 @@ class CudaBackend(ReferenceBackend):
 
     def unstandardize(self, X, offset, scale):
         return _affine(X, offset, scale, True)
+
+    def column_minmax(self, X):
+        k = _k()
+        io = _IO(X)
+        n, F = X.shape
+        out = io.empty((2, F), _F64)
+        if F:
+            gx, gy = _column_grid(n, F)
+            part = io.empty((2, gy, F), _F64)
+            k.col_minmax_partial[(gx, gy), (k.COL_X, k.COL_Y)](io.put(X), part,
+                                                               X.dtype.type(np.inf))
+            _launch_1d(k.col_minmax_merge, F, part, out)
+        out = io.get(out)
+        return out[0], out[1]
+
+    def column_quantiles(self, X, q):
+        k = _k()
+        io = _IO(X)
+        n, F = X.shape
+        nq = q.size
+        out = io.empty((nq, F), _F64)
+        if F and nq:
+            T = 2 * nq  # targets: the two order statistics around each quantile
+            key, (sign, mag, inf, ones) = _key_consts(X.dtype)
+            x = io.put(X)
+            dq = io.put(q if _is_device(q) else np.asarray(q, np.float64))
+            gx, gy = _column_grid(n, F)
+            observed = io.empty((gy, F), np.int64)
+            k.col_observed_partial[(gx, gy), (k.COL_X, k.COL_Y)](x, observed)
+            count = io.empty(F, np.int64)
+            rank = io.empty((T, F), np.int64)
+            prefix = io.empty((T, F), key)
+            _launch_1d(k.quantile_ranks, nq * F, observed, dq, count, rank, prefix,
+                       key.type(0))
+            vals = io.empty((T, F), X.dtype)
+            if n:  # else every column is unobserved: NaN without selecting
+                bits, vbits = x.view(key), vals.view(key)
+                part = io.empty((gy, T, F), np.int64)
+                grid = (gx, gy, _cdiv(T, k.QG))
+                found = 0
+                for b in range(8 * key.itemsize - 1, -1, -1):
+                    bit = 1 << b
+                    k.quantile_count[grid, (k.COL_X, k.COL_Y)](
+                        bits, prefix, key.type(found | bit), part, sign, mag, inf, ones)
+                    _launch_1d(k.quantile_merge, T * F, part, rank, prefix, key.type(bit),
+                               b == 0, vbits, sign, ones)
+                    found |= bit
+            _launch_1d(k.quantile_lerp, nq * F, vals, dq, count, out)
+        return io.get(out)
+
+    def normalize_rows(self, X, norm):
+        io = _IO(X)
+        out = io.empty(X.shape, X.dtype)
+        _launch_rows(_k().normalize_rows, *X.shape, io.put(X), out, _NORM_KIND[norm],
+                     *_consts(X.dtype, 10 * np.finfo(X.dtype).eps, 1))
+        return io.get(out)
+
+    def polynomial_features(self, X, left, right, keep):
+        io = _IO(X)
+        out = io.empty((X.shape[0], keep.size), X.dtype)
+        if out.size:
+            _launch_1d(_k().polynomial_features, out.size, io.put(X),
+                       *[io.put(a if _is_device(a) else np.asarray(a, np.int64))
+                         for a in (left, right, keep)], out, X.dtype.type(1))
+        return io.get(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 
 import numpy as np
 
@@ -441,6 +442,71 @@ class ReferenceBackend:
     def unstandardize(self, X, offset, scale):
         """X * scale + offset, column-wise: the inverse of ``standardize``."""
         return (X * scale + offset).astype(X.dtype, copy=False)
+
+
+    @op("preprocessing")
+    def column_minmax(self, X):
+        """NaN-ignoring per-column (min, max) of X (n, F), both float64 (F,).
+
+        A column with no observed value gives (+inf, -inf), the identities of
+        ``fmin``/``fmax``, so the results of chunks merge with ``np.fmin`` /
+        ``np.fmax``; an inf in the data shows as min -inf or max +inf.
+        """
+        lo = np.fmin.reduce(X, axis=0, initial=np.inf)
+        hi = np.fmax.reduce(X, axis=0, initial=-np.inf)
+        return lo.astype(np.float64), hi.astype(np.float64)
+
+    @op("preprocessing")
+    def column_quantiles(self, X, q):
+        """NaN-ignoring per-column quantiles of X (n, F) at the fractions q (k,) in
+        [0, 1]: float64 (k, F), NaN for a column with no observed value.
+
+        NumPy's default ('linear') method, as ``np.nanquantile``: at virtual
+        index ``h = q * (m - 1)`` of the m sorted observed values,
+        ``a + (b - a) * g`` with ``a, b`` the values at ``floor(h)``,
+        ``floor(h) + 1`` and ``g = h - floor(h)``, written ``b - (b - a) * (1 - g)``
+        when ``g >= 0.5`` (NumPy's lerp). The accelerated backends select
+        (no full sort per column).
+        """
+        if X.shape[0] == 0:  # np.nanquantile collapses the q axis of an empty X
+            return np.full((q.size, X.shape[1]), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            out = np.nanquantile(X.astype(np.float64), q, axis=0)
+        return out.reshape(q.size, X.shape[1])
+
+    @op("preprocessing")
+    def normalize_rows(self, X, norm):
+        """Each row of X (n, F) divided by its norm: ``'l1'`` (sum of |x|), ``'l2'``
+        or ``'max'`` (max |x|), as sklearn.preprocessing.normalize; a row whose
+        norm is below ``10 * eps`` of X's dtype is left as it is. Norms are
+        accumulated in float64 and rounded to X's dtype before dividing."""
+        a = np.abs(X).astype(np.float64)
+        if norm == "l1":
+            norms = a.sum(axis=1)
+        elif norm == "l2":
+            norms = np.sqrt((a * a).sum(axis=1))
+        else:
+            norms = a.max(axis=1, initial=0.0)
+        norms = norms.astype(X.dtype)
+        norms[norms < 10 * np.finfo(X.dtype).eps] = 1
+        return X / norms[:, None]
+
+
+    @op("preprocessing")
+    def polynomial_features(self, X, left, right, keep):
+        """Monomials of X's columns: X (n, F) -> (n, len(keep)) in X's dtype.
+
+        Monomial k of the full list is ``M[:, left[k]] * X[:, right[k]]``,
+        where ``left[k] == -1`` stands for 1 and ``right[k] == -1`` for no
+        factor (so monomial 0 is the constant); the output holds the
+        monomials ``keep``, in order (as sklearn.preprocessing.PolynomialFeatures).
+        """
+        full = np.empty((X.shape[0], left.size), X.dtype)
+        for k in range(left.size):
+            base = full[:, left[k]] if left[k] >= 0 else X.dtype.type(1)
+            full[:, k] = base * X[:, right[k]] if right[k] >= 0 else base
+        return np.ascontiguousarray(full[:, keep])
 
 
 ReferenceBackend.OPS = {

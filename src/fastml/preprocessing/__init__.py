@@ -1,0 +1,14 @@
+"""scikit-learn compatible preprocessing transformers on fastml's kernels.
+
+The estimator plumbing (``get_params``, ``clone``, ``set_output``, feature
+names, parameter validation) is scikit-learn's own; fastml supplies the
+numeric work through the current backend's preprocessing ops
+(``column_stats``, ``column_minmax``, ``column_quantiles``, ``standardize``, ``unstandardize``,
+``normalize_rows``, ``polynomial_features``). Importing this module imports scikit-learn;
+``import fastml`` alone does not.
+"""
+from ._polynomial import PolynomialFeatures
+from ._scalers import MaxAbsScaler, MinMaxScaler, Normalizer, RobustScaler, StandardScaler
+
+__all__ = ["MaxAbsScaler", "MinMaxScaler", "Normalizer", "PolynomialFeatures", "RobustScaler",
+           "StandardScaler"]

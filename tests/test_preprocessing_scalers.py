@@ -103,6 +103,9 @@ def test_range_scalers_match_sklearn_on_datasets(backend, loader, dtype, est, na
 @pytest.mark.parametrize("est", ROBUST, ids=repr)
 @pytest.mark.parametrize("nan", [False, True], ids=["dense", "nan"])
 def test_robust_scaler_matches_sklearn_on_datasets(backend, loader, dtype, est, nan):
+    if backend == "cuda" and loader is not datasets.load_iris:
+        pytest.skip("the radix select runs 32-64 counting passes: on the CUDA simulator, "
+                    "iris only (column_quantiles' property tests cover the rest)")
     X = rows_for(backend, loader(return_X_y=True)[0]).astype(dtype)
     if nan:
         X = inject_nan(X, np.random.default_rng(1), 0.2)

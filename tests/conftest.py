@@ -7,6 +7,42 @@ property test can never pass because the reference ran twice.
 """
 import os
 import sys
+import threading
+
+
+def _lock_simulator_shared_arrays():
+    """Make the simulator's static shared-array allocation thread-safe.
+
+    The simulator (numba 0.68) gives each (file, line) of a block one array,
+    found or created with an unlocked check-then-insert; a thread switch in
+    between (the short switch interval below makes them frequent) leaves one
+    thread of the block its own private array, and the block's reduction then
+    reads memory nobody wrote (seen as garbage counts in the radix select).
+    Same lookup, under a lock; the dynamic (size 0) case is left to numba.
+    """
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    cls = kernelapi.FakeCUDAShared
+    original, lock = cls.array, threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0:
+            return original(self, shape, dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    cls.array = array
+
 
 if os.environ.get("FASTML_TEST_GPU", "") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
@@ -14,6 +50,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
     # The simulator runs one Python thread per CUDA thread and syncs them often;
     # a short switch interval makes its kernels several times faster.
     sys.setswitchinterval(1e-4)
+    _lock_simulator_shared_arrays()
 os.environ.setdefault("FASTML_STRICT", "1")
 
 from hypothesis import HealthCheck, settings  # noqa: E402

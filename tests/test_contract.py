@@ -317,3 +317,14 @@ def test_concurrent_calls_from_threads(backend):
         t.join()
     for o, e in zip(out, expected):
         np.testing.assert_allclose(o, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_zero_dim_inputs_give_zero_dim_results(backend):
+    """A 0-d input is C-contiguous as it is: validation must not turn it 1-d."""
+    x = np.array(0.25, f32)
+    with fastml.use_backend(backend):
+        outs = [layers.relu(x), layers.tanh_backward(x, x), losses.mse_loss_grad(x, x),
+                losses.kl_div(x, x, "none"), losses.kl_div_grad(x, x, "batchmean"),
+                losses.binary_cross_entropy_with_logits(x, x, reduction="none")]
+    assert [np.shape(o) for o in outs] == [()] * len(outs)

@@ -19,7 +19,8 @@ import pytest
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 # Argument kinds: f1/f2 arrays of the dtype (1-D / 2-D, C order), d1/d2/d3 float64
-# arrays, i1 int64 array, s a scalar of the dtype, i an int64 scalar, b a bool.
+# arrays, i1/i2/i3 int64 arrays, s a scalar of the dtype, i an int64 scalar, b a bool;
+# k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array.
 UNARY = ("f1", "f1", "s")
 BINARY = ("f1", "f1", "f1", "s")
 PARTIALS = ("f1", "f1", "s", "s", "d1")
@@ -39,11 +40,33 @@ KERNELS = {
     "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),
     "cross_entropy_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f2",
                                 "s", "s", "s"),
+    "bce_error": ("f1", "f1", "f1", "b", "s", "s", "f1"),
+    "bce_grad": ("f1", "f1", "f1", "b", "s", "s", "s", "f1"),
+    "bce_logits_error": ("f1",) * 4 + ("b", "b", "s", "s", "f1"),
+    "bce_logits_grad": ("f1",) * 4 + ("b", "b", "s", "s", "f1"),
+    "kl_div_error": ("f1", "f1", "b", "s", "f1"),
+    "kl_div_grad": ("f1", "b", "s", "f1"),
+    "nll_rows": ("f2", "i1", "f1", "b", "i", "s", "s", "f1"),
+    "nll_grad": ("i1", "f1", "b", "i", "s", "s", "s", "f2"),
     "sum_partials": PARTIALS, "squared_error_partials": PARTIALS,
     "abs_error_partials": PARTIALS, "huber_partials": PARTIALS,
+    "bce_partials": ("f1", "f1", "f1", "b", "s", "s", "d1"),
+    "bce_logits_partials": ("f1",) * 4 + ("b", "b", "s", "s", "d1"),
+    "kl_div_partials": ("f1", "f1", "b", "s", "d1"),
+    "nll_partials": ("f2", "i1", "f1", "b", "i", "s", "s", "d2"),
+    "nll_weight_partials": ("i1", "f1", "b", "i", "s", "s", "d1"),
     "col_sum_partial": ("f2", "f2", "s"),
     "col_stats_partial": ("f2", "d3"),
     "col_stats_merge": ("d3", "d2"),
+    "col_minmax_partial": ("f2", "d3", "s"),
+    "col_minmax_merge": ("d3", "d2"),
+    "col_observed_partial": ("f2", "i2"),
+    "quantile_ranks": ("i2", "d1", "i1", "i2", "k2", "k"),
+    "quantile_count": ("k2", "k2", "k", "i3", "k", "k", "k", "k"),
+    "quantile_merge": ("i3", "i2", "k2", "k", "b", "k2", "k", "k"),
+    "quantile_lerp": ("f2", "d1", "i1", "d2"),
+    "normalize_rows": ("f2", "f2", "i", "s", "s"),
+    "polynomial_features": ("f2", "i1", "i1", "i1", "f2", "s"),
     "gemm": ("f2", "f2", "f1", "f2", "b", "b", "b", "s"),
 }
 
@@ -51,10 +74,12 @@ KERNELS = {
 def _signature(kinds, dtype):
     from numba import types
     f = types.float32 if dtype == "float32" else types.float64
+    u = types.uint32 if dtype == "float32" else types.uint64
     table = {
         "f1": f[::1], "f2": f[:, ::1], "s": f,
         "d1": types.float64[::1], "d2": types.float64[:, ::1], "d3": types.float64[:, :, ::1],
-        "i1": types.int64[::1], "i": types.int64, "b": types.boolean,
+        "i1": types.int64[::1], "i2": types.int64[:, ::1], "i3": types.int64[:, :, ::1],
+        "i": types.int64, "b": types.boolean, "k": u, "k2": u[:, ::1],
     }
     return tuple(table[k] for k in kinds)
 
@@ -172,7 +197,15 @@ def test_device_arrays_in_device_arrays_out():
     t = np.array([0, 4, -100])
     cases = [("relu", (x,)), ("softmax", (x,)), ("column_stats", (x,)),
              ("cross_entropy", (x, t, None, -100, "none", 0.1)),
-             ("linear_backward", (np.ascontiguousarray(x[:, :2]), x, x[:2], True))]
+             ("binary_cross_entropy_with_logits_grad", (x, x, x, "mean", x)),
+             ("nll_loss_grad", (x, t, x[0], -100, "mean")),
+             ("kl_div", (x, x, "none", True)),
+             ("linear_backward", (np.ascontiguousarray(x[:, :2]), x, x[:2], True)),
+             ("column_minmax", (x,)), ("column_quantiles", (x, np.array([0.25, 0.5, 1.0]))),
+             ("normalize_rows", (x, "l2")),
+             ("polynomial_features", (x, np.array([-1, 0, 0, 0, 1, 1, 2]),
+                                      np.array([-1, 0, 1, 2, 0, 1, 0]),
+                                      np.array([0, 2, 5, 6])))]
     for name, args in cases:
         dev_args = [cuda.to_device(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
                     else a for a in args]

@@ -23,10 +23,12 @@ def as_array(a):
 
 
 def contiguous(a):
-    """C-contiguous version of ``a``; no copy when it already is."""
+    """C-contiguous version of ``a``; no copy when it already is, and a 0-d array
+    stays 0-d (``np.ascontiguousarray`` would make it 1-d)."""
     if is_device_array(a):
         return a
-    return np.ascontiguousarray(a)
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def float_array(op: str, name: str, a, ndim=None):

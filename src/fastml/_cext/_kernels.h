@@ -118,6 +118,104 @@ static inline double fm_tanh_f64(double x) {
     return x != x ? x : (x < 0 ? -t : t);
 }
 
+/* log and log1p without a libm call or a branch, so loops over them vectorize (musl's
+ * logf.c / log.c / log1pf.c / log1p.c, from FreeBSD's msun, made branch-free): the argument
+ * is 2**k * (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)), and with s = f / (2 + f)
+ *     log(1 + f) = f - hfsq + s * (hfsq + R(s*s)),  hfsq = f*f/2,
+ * R a minimax polynomial; k*ln2 is added in two parts. Errors are below 1 ulp. log1p adds
+ * c = (x - (u - 1)) / u, the rounding error of u = 1 + x, and takes f = x itself (k = 0)
+ * near 0. Special values as libm: log(+-0) = log1p(-1) = -inf, a negative log (log1p
+ * below -1) argument gives NaN, +inf and NaN come back unchanged; log scales subnormals
+ * up first. Each special case is a final select over the lanes. */
+#define FM_LN2_HI_F32 6.9313812256e-01f   /* 0x3f317180 */
+#define FM_LN2_LO_F32 9.0580006145e-06f   /* 0x3717f7d1 */
+#define FM_LN2_HI_F64 6.93147180369123816490e-01  /* 0x3fe62e42 fee00000 */
+#define FM_LN2_LO_F64 1.90821492927058770002e-10  /* 0x3dea39ef 35793c76 */
+
+/* log(1 + f) + k*ln2 + c, for f in [sqrt(2)/2 - 1, sqrt(2) - 1) */
+FM_INLINE float fm_log_poly_f32(float f, float dk, float c) {
+    float s = f / (2.0f + f), z = s * s, w = z * z;
+    float t1 = w * (0xccce13.0p-25f + w * 0xf89e26.0p-26f);
+    float t2 = z * (0xaaaaaa.0p-24f + w * 0x91e9ee.0p-25f);
+    float hfsq = 0.5f * f * f;
+    return s * (hfsq + (t2 + t1)) + (dk * FM_LN2_LO_F32 + c) - hfsq + f + dk * FM_LN2_HI_F32;
+}
+
+FM_INLINE double fm_log_poly_f64(double f, double dk, double c) {
+    double s = f / (2.0 + f), z = s * s, w = z * z;
+    double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 +
+                                                     w * 1.531383769920937332e-01));
+    double t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 + w * (
+        1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    double hfsq = 0.5 * f * f;
+    return s * (hfsq + (t2 + t1)) + (dk * FM_LN2_LO_F64 + c) - hfsq + f + dk * FM_LN2_HI_F64;
+}
+
+/* u = 2**k * m (u > 0 normal) with m in [sqrt(2)/2, sqrt(2)): returns m - 1, sets *dk = k.
+ * The float64 k comes from the exponent bits through 2**52 + k - 2**52: AVX2 and plain
+ * AVX-512F have no vector int64 -> double conversion. */
+FM_INLINE float fm_log_reduce_f32(float u, float *dk) {
+    fm_f32_bits b;
+    uint32_t iu;
+    b.f = u;
+    iu = (uint32_t)b.i + (0x3f800000 - 0x3f3504f3);
+    *dk = (float)((int32_t)(iu >> 23) - 0x7f);
+    b.i = (int32_t)((iu & 0x007fffff) + 0x3f3504f3);
+    return b.f - 1.0f;
+}
+
+FM_INLINE double fm_log_reduce_f64(double u, double *dk) {
+    fm_f64_bits b, e;
+    uint64_t iu;
+    b.f = u;
+    iu = (uint64_t)b.i + (UINT64_C(0x3ff0000000000000) - UINT64_C(0x3fe6a09e00000000));
+    e.i = (int64_t)((iu >> 52) | UINT64_C(0x4330000000000000));   /* 2**52 + biased k */
+    *dk = e.f - (0x1p52 + 1023);
+    b.i = (int64_t)((iu & UINT64_C(0x000fffffffffffff)) + UINT64_C(0x3fe6a09e00000000));
+    return b.f - 1.0;
+}
+
+/* (Conditions are written into each select, not kept in int flags: gcc fails to vectorize
+ * some loops that mix such flags of several inlined calls.) */
+FM_INLINE float fm_log_f32(float x) {
+    float dk, f = fm_log_reduce_f32(x < 0x1p-126f ? x * 0x1p25f : x, &dk);  /* subnormals */
+    float r = fm_log_poly_f32(f, x < 0x1p-126f ? dk - 25.0f : dk, 0.0f);
+    return (x > 0 && x < INFINITY) ? r : (x == 0 ? -INFINITY : (x < 0 ? NAN : x));
+}
+
+FM_INLINE double fm_log_f64(double x) {
+    double dk, f = fm_log_reduce_f64(x < 0x1p-1022 ? x * 0x1p54 : x, &dk);
+    double r = fm_log_poly_f64(f, x < 0x1p-1022 ? dk - 54.0 : dk, 0.0);
+    return (x > 0 && x < INFINITY) ? r : (x == 0 ? -INFINITY : (x < 0 ? NAN : x));
+}
+
+FM_INLINE float fm_log1p_f32(float x) {
+    float u = 1.0f + x, dk, f = fm_log_reduce_f32(u, &dk);
+    float c = (dk >= 2.0f ? 1.0f - (u - x) : x - (u - 1.0f)) / u;
+    float r;
+    c = dk < 25.0f ? c : 0.0f;
+    /* near 0 (k == 0): f = x itself, no correction */
+    f = (x >= -0x1.2bec32p-2f && x < 0x1.a827ap-2f) ? x : f;
+    dk = (x >= -0x1.2bec32p-2f && x < 0x1.a827ap-2f) ? 0.0f : dk;
+    c = (x >= -0x1.2bec32p-2f && x < 0x1.a827ap-2f) ? 0.0f : c;
+    r = fm_log_poly_f32(f, dk, c);
+    r = (x < 0x1p-24f && x > -0x1p-24f) ? x : r;
+    return (x > -1.0f && x < INFINITY) ? r : (x == -1.0f ? -INFINITY : (x < -1.0f ? NAN : x));
+}
+
+FM_INLINE double fm_log1p_f64(double x) {
+    double u = 1.0 + x, dk, f = fm_log_reduce_f64(u, &dk);
+    double c = (dk >= 2.0 ? 1.0 - (u - x) : x - (u - 1.0)) / u;
+    double r;
+    c = dk < 54.0 ? c : 0.0;
+    f = (x >= -0x1.2bec4p-2 && x < 0x1.a827ap-2) ? x : f;
+    dk = (x >= -0x1.2bec4p-2 && x < 0x1.a827ap-2) ? 0.0 : dk;
+    c = (x >= -0x1.2bec4p-2 && x < 0x1.a827ap-2) ? 0.0 : c;
+    r = fm_log_poly_f64(f, dk, c);
+    r = (x < 0x1p-53 && x > -0x1p-53) ? x : r;
+    return (x > -1.0 && x < INFINITY) ? r : (x == -1.0 ? -INFINITY : (x < -1.0 ? NAN : x));
+}
+
 /* Integer keys ordered as the floats they come from: a float's bits read as a
  * sign-magnitude integer, turned into two's complement (the map is its own inverse). */
 static inline int32_t fm_key_f32(float x) {

@@ -34,6 +34,32 @@ cdef extern from "_kernels.h" nogil:
     void fastml_ce_grad_row_f64(const double* x, const double* w, Py_ssize_t n, Py_ssize_t t,
                                 double a, double b, double sw, double coef, double* out)
 
+    double fastml_bce_f32(const float* x, const float* t, const float* w, float* out,
+                          Py_ssize_t n)
+    double fastml_bce_f64(const double* x, const double* t, const double* w, double* out,
+                          Py_ssize_t n)
+    void fastml_bce_grad_f32(const float* x, const float* t, const float* w, float eps,
+                             float scale, float* out, Py_ssize_t n)
+    void fastml_bce_grad_f64(const double* x, const double* t, const double* w, double eps,
+                             double scale, double* out, Py_ssize_t n)
+    double fastml_bce_logits_f32(const float* x, const float* t, const float* w,
+                                 const float* pw, float* out, Py_ssize_t n)
+    double fastml_bce_logits_f64(const double* x, const double* t, const double* w,
+                                 const double* pw, double* out, Py_ssize_t n)
+    void fastml_bce_logits_grad_f32(const float* x, const float* t, const float* w,
+                                    const float* pw, float scale, float* out, Py_ssize_t n)
+    void fastml_bce_logits_grad_f64(const double* x, const double* t, const double* w,
+                                    const double* pw, double scale, double* out,
+                                    Py_ssize_t n)
+    double fastml_kl_div_f32(const float* x, const float* t, float* out, Py_ssize_t n,
+                             int log_target)
+    double fastml_kl_div_f64(const double* x, const double* t, double* out, Py_ssize_t n,
+                             int log_target)
+    void fastml_kl_div_grad_f32(const float* t, float scale, float* out, Py_ssize_t n,
+                                int log_target)
+    void fastml_kl_div_grad_f64(const double* t, double scale, double* out, Py_ssize_t n,
+                                int log_target)
+
     void fastml_adam_f32(float* param, const float* grad, float* m, float* v, float* vmax,
                          Py_ssize_t n, float sign, float b1c, float b2, float b2c, float bc2,
                          float eps, float step_size, float wd, float decay, int coupled,

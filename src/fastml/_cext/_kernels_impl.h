@@ -216,6 +216,208 @@ FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
                                0, out);
 }
 
+/* ----------------------------------------------------- element-wise losses */
+/* BCE, BCE with logits and KL divergence, per element in the dtype and in the reference's
+ * order of operations (torch's formulas). No FMA contraction here, also in the AVX-512
+ * clone: where a loss cancels, e.g. (1 - t) * x - logsigmoid(x) at x = -100 and t ~ 0,
+ * a fused multiply-add rounds differently from the reference's product and difference
+ * by up to half an ulp of the operands, far more than the loss. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define FM_LOG FM_FN(fm_log)
+#define FM_LOG1P FM_FN(fm_log1p)
+#define FM_LOSS_BLOCK 512
+
+/* np.maximum / np.minimum against a constant: NaN stays NaN */
+FM_INLINE FM_T FM_FN(fm_nanmax)(FM_T a, FM_T b) { return (a >= b || a != a) ? a : b; }
+FM_INLINE FM_T FM_FN(fm_nanmin)(FM_T a, FM_T b) { return (a <= b || a != a) ? a : b; }
+
+/* (t - 1) * max(log1p(-x), -100) - t * max(log(x), -100) */
+FM_INLINE FM_T FM_FN(fm_bce)(FM_T x, FM_T t) {
+    FM_T lo = (FM_T)-100;
+    return (t - 1) * FM_FN(fm_nanmax)(FM_LOG1P(-x), lo) - t * FM_FN(fm_nanmax)(FM_LOG(x), lo);
+}
+
+/* (x - t) / max((1 - x) * x, eps) */
+FM_INLINE FM_T FM_FN(fm_bce_grad)(FM_T x, FM_T t, FM_T eps) {
+    return (x - t) / FM_FN(fm_nanmax)((1 - x) * x, eps);
+}
+
+/* (1 - t) * x - lw * logsigmoid(x), lw = (pw - 1) * t + 1 when has_pw, with the stable
+ * logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)) */
+FM_INLINE FM_T FM_FN(fm_bce_logits)(FM_T x, FM_T t, FM_T pw, int has_pw) {
+    FM_T ls = FM_FN(fm_nanmin)(x, 0) - FM_LOG1P(FM_EXP(-(x < 0 ? -x : x)));
+    if (has_pw) ls = ls * ((pw - 1) * t + 1);
+    return (1 - t) * x - ls;
+}
+
+/* sigmoid(x) - t, or (pw * t + 1 - t) * sigmoid(x) - pw * t */
+FM_INLINE FM_T FM_FN(fm_bce_logits_grad)(FM_T x, FM_T t, FM_T pw, int has_pw) {
+    FM_T sig = (FM_T)1 / ((FM_T)1 + FM_EXP(-x));
+    FM_T pt = pw * t;
+    return has_pw ? (pt + 1 - t) * sig - pt : sig - t;
+}
+
+/* exp(t) * (t - x) with log_target, else xlogy(t, t) - t * x (0 * log(0) = 0) */
+FM_INLINE FM_T FM_FN(fm_kl)(FM_T x, FM_T t, int log_target) {
+    if (log_target) return FM_EXP(t) * (t - x);
+    return (t == 0 ? (FM_T)0 : t * FM_LOG(t)) - t * x;
+}
+
+/* acc[k] += buf[j + k], in lanes */
+FM_INLINE void FM_FN(fm_add_lanes)(const FM_T *FM_RESTRICT buf, ptrdiff_t n,
+                                   double *FM_RESTRICT acc) {
+    ptrdiff_t j = 0;
+    for (; j + FM_L <= n; j += FM_L)
+        for (int k = 0; k < FM_L; k++) acc[k] += buf[j + k];
+    for (int k = 0; j + k < n; k++) acc[k] += buf[j + k];
+}
+
+/* The body of an element-wise loss over i in [0, n): with store, out[i] = ELEM; else
+ * return the double sum of ELEM, computed a block at a time into a buffer (a plain loop
+ * that vectorizes) whose values are then added in lanes. */
+#define FM_LOSS_BODY(ELEM)                                                               \
+    if (store) {                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (ELEM);                               \
+        return 0;                                                                        \
+    } else {                                                                             \
+        double acc[FM_L] = {0};                                                          \
+        FM_T buf[FM_LOSS_BLOCK];                                                         \
+        for (ptrdiff_t b = 0; b < n; b += FM_LOSS_BLOCK) {                               \
+            ptrdiff_t len = n - b < FM_LOSS_BLOCK ? n - b : FM_LOSS_BLOCK;               \
+            for (ptrdiff_t j = 0; j < len; j++) {                                        \
+                ptrdiff_t i = b + j;                                                     \
+                buf[j] = (ELEM);                                                         \
+            }                                                                            \
+            FM_FN(fm_add_lanes)(buf, len, acc);                                          \
+        }                                                                                \
+        return fm_lanes_sum(acc);                                                        \
+    }
+
+/* v * w[i] when weighted (the reference multiplies the loss / gradient by the weight) */
+#define FM_W(v) (has_w ? (v) * w[i] : (v))
+
+FM_INLINE double FM_FN(fm_bce_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT t,
+                                    const FM_T *FM_RESTRICT w, FM_T *FM_RESTRICT out,
+                                    ptrdiff_t n, int has_w, int store) {
+    FM_LOSS_BODY(FM_W(FM_FN(fm_bce)(x[i], t[i])))
+}
+
+FM_INLINE double FM_FN(fm_bce_logits_loop)(const FM_T *FM_RESTRICT x,
+                                           const FM_T *FM_RESTRICT t,
+                                           const FM_T *FM_RESTRICT w,
+                                           const FM_T *FM_RESTRICT pw, FM_T *FM_RESTRICT out,
+                                           ptrdiff_t n, int has_w, int has_pw, int store) {
+    FM_LOSS_BODY(FM_W(FM_FN(fm_bce_logits)(x[i], t[i], has_pw ? pw[i] : 0, has_pw)))
+}
+
+FM_INLINE double FM_FN(fm_kl_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT t,
+                                   FM_T *FM_RESTRICT out, ptrdiff_t n, int log_target,
+                                   int store) {
+    FM_LOSS_BODY(FM_FN(fm_kl)(x[i], t[i], log_target))
+}
+
+/* Entry points: out != NULL stores the per-element losses (returns 0), out == NULL returns
+ * their double sum; w / pw NULL when absent. Each flag combination is its own loop. */
+FM_DISPATCH static double FM_FN(fastml_bce)(const FM_T *FM_RESTRICT x,
+                                            const FM_T *FM_RESTRICT t,
+                                            const FM_T *FM_RESTRICT w, FM_T *FM_RESTRICT out,
+                                            ptrdiff_t n) {
+    if (out)
+        return w ? FM_FN(fm_bce_loop)(x, t, w, out, n, 1, 1)
+                 : FM_FN(fm_bce_loop)(x, t, w, out, n, 0, 1);
+    return w ? FM_FN(fm_bce_loop)(x, t, w, out, n, 1, 0)
+             : FM_FN(fm_bce_loop)(x, t, w, out, n, 0, 0);
+}
+
+FM_DISPATCH static double FM_FN(fastml_bce_logits)(const FM_T *FM_RESTRICT x,
+                                                   const FM_T *FM_RESTRICT t,
+                                                   const FM_T *FM_RESTRICT w,
+                                                   const FM_T *FM_RESTRICT pw,
+                                                   FM_T *FM_RESTRICT out, ptrdiff_t n) {
+#define FM_BCEL_CASE(W, P, S) return FM_FN(fm_bce_logits_loop)(x, t, w, pw, out, n, W, P, S)
+#define FM_BCEL_STORE(W, P) do { if (out) FM_BCEL_CASE(W, P, 1); else FM_BCEL_CASE(W, P, 0); } \
+    while (0)
+    if (w) {
+        if (pw) FM_BCEL_STORE(1, 1); else FM_BCEL_STORE(1, 0);
+    } else {
+        if (pw) FM_BCEL_STORE(0, 1); else FM_BCEL_STORE(0, 0);
+    }
+#undef FM_BCEL_STORE
+#undef FM_BCEL_CASE
+}
+
+FM_DISPATCH static double FM_FN(fastml_kl_div)(const FM_T *FM_RESTRICT x,
+                                               const FM_T *FM_RESTRICT t,
+                                               FM_T *FM_RESTRICT out, ptrdiff_t n,
+                                               int log_target) {
+    if (out)
+        return log_target ? FM_FN(fm_kl_loop)(x, t, out, n, 1, 1)
+                          : FM_FN(fm_kl_loop)(x, t, out, n, 0, 1);
+    return log_target ? FM_FN(fm_kl_loop)(x, t, out, n, 1, 0)
+                      : FM_FN(fm_kl_loop)(x, t, out, n, 0, 0);
+}
+
+/* Gradients: out = g * w (when weighted) * scale, as the reference. */
+FM_INLINE void FM_FN(fm_bce_grad_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT t,
+                                       const FM_T *FM_RESTRICT w, FM_T eps, FM_T scale,
+                                       FM_T *FM_RESTRICT out, ptrdiff_t n, int has_w) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = FM_W(FM_FN(fm_bce_grad)(x[i], t[i], eps)) * scale;
+}
+
+FM_DISPATCH static void FM_FN(fastml_bce_grad)(const FM_T *FM_RESTRICT x,
+                                               const FM_T *FM_RESTRICT t,
+                                               const FM_T *FM_RESTRICT w, FM_T eps,
+                                               FM_T scale, FM_T *FM_RESTRICT out,
+                                               ptrdiff_t n) {
+    if (w) FM_FN(fm_bce_grad_loop)(x, t, w, eps, scale, out, n, 1);
+    else FM_FN(fm_bce_grad_loop)(x, t, w, eps, scale, out, n, 0);
+}
+
+FM_INLINE void FM_FN(fm_bce_logits_grad_loop)(const FM_T *FM_RESTRICT x,
+                                              const FM_T *FM_RESTRICT t,
+                                              const FM_T *FM_RESTRICT w,
+                                              const FM_T *FM_RESTRICT pw, FM_T scale,
+                                              FM_T *FM_RESTRICT out, ptrdiff_t n, int has_w,
+                                              int has_pw) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = FM_W(FM_FN(fm_bce_logits_grad)(x[i], t[i], has_pw ? pw[i] : 0, has_pw))
+                 * scale;
+}
+
+FM_DISPATCH static void FM_FN(fastml_bce_logits_grad)(const FM_T *FM_RESTRICT x,
+                                                      const FM_T *FM_RESTRICT t,
+                                                      const FM_T *FM_RESTRICT w,
+                                                      const FM_T *FM_RESTRICT pw, FM_T scale,
+                                                      FM_T *FM_RESTRICT out, ptrdiff_t n) {
+#define FM_BCEL_GRAD(W, P) FM_FN(fm_bce_logits_grad_loop)(x, t, w, pw, scale, out, n, W, P)
+    if (w) {
+        if (pw) FM_BCEL_GRAD(1, 1); else FM_BCEL_GRAD(1, 0);
+    } else {
+        if (pw) FM_BCEL_GRAD(0, 1); else FM_BCEL_GRAD(0, 0);
+    }
+#undef FM_BCEL_GRAD
+}
+
+/* -exp(t) * scale (log_target) or -t * scale: the reference's t * -scale */
+FM_DISPATCH static void FM_FN(fastml_kl_div_grad)(const FM_T *FM_RESTRICT t, FM_T scale,
+                                                  FM_T *FM_RESTRICT out, ptrdiff_t n,
+                                                  int log_target) {
+    FM_T ns = -scale;
+    if (log_target)
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = FM_EXP(t[i]) * ns;
+    else
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = t[i] * ns;
+}
+
+#undef FM_W
+#undef FM_LOSS_BODY
+#undef FM_LOSS_BLOCK
+#undef FM_LOG1P
+#undef FM_LOG
+#pragma GCC pop_options
+
 #undef FM_EXP
 #undef FM_L
 

@@ -13,11 +13,30 @@ Element-wise kernels are grid-stride loops over flat arrays. Row-wise kernels
 rows) and reduce across the block with a shared-memory tree; blockDim.x is a
 power of two <= MAX_TPB. Warp shuffles would be faster but the simulator,
 which runs the tests, has none.
+
+Column reductions (column statistics, min/max, quantile counts) put columns
+across threads x (consecutive columns: coalesced row-major reads) and rows
+across threads y and blocks y; each block writes one partial per column and a
+second small kernel merges the (blocks, F) partials.
+
+Quantiles are a radix select, not a sort. Each float maps to an
+order-preserving unsigned key of its width (positive: sign bit set; negative:
+all bits flipped; NaN: all ones, above every value, so it is never selected).
+For every column and every wanted order statistic (the two neighbours
+``floor(h)``, ``floor(h) + 1`` of each quantile's virtual index ``h = q (m - 1)``
+over the m observed values) the key of the k-th smallest value is found bit by
+bit from the top: one counting pass per bit (32 for float32, 64 for float64)
+counts, per column and target, the keys that share the bits found so far and
+have a 0 at this bit; a merge kernel sets the bit to 1 (and lowers k by the
+count) when k is not below the count. All columns and up to ``QG`` targets per
+block-z are counted in the same pass, which reads X once; no data leaves the
+device and nothing is sorted. The selected values are interpolated in float64
+with NumPy's lerp, products rounded separately (no FMA contraction).
 """
 import math
 
 import numpy as np
-from numba import config, cuda, float64
+from numba import config, cuda, float64, int64
 
 _SIM = bool(config.ENABLE_CUDASIM)
 
@@ -25,6 +44,7 @@ MAX_TPB = 256                             # length of the shared reduction buffe
 TILE = 4 if _SIM else 16                  # GEMM tile edge (the simulator runs a thread per CUDA thread)
 _TILE_PAD = TILE + 1                      # padded row of a shared tile: no bank conflicts
 COL_X, COL_Y = (4, 2) if _SIM else (32, 8)  # column kernels: columns x row lanes per block
+QG = 4 if _SIM else 8                     # quantile select: targets (order statistics) per block-z
 
 # Kernels that compute in float64 even for float32 input, as the reference does:
 # loss scalars and preprocessing statistics/transforms.
@@ -32,9 +52,16 @@ _PARTIALS = "scalar losses accumulate in float64 (reference sums with dtype=floa
 F64_KERNELS = {
     "sum_partials": _PARTIALS, "squared_error_partials": _PARTIALS,
     "abs_error_partials": _PARTIALS, "huber_partials": _PARTIALS,
+    "bce_partials": _PARTIALS, "bce_logits_partials": _PARTIALS, "kl_div_partials": _PARTIALS,
+    "nll_partials": _PARTIALS, "nll_weight_partials": _PARTIALS,
     "col_stats_partial": "column_stats is float64 by contract (count, mean, M2)",
     "col_stats_merge": "column_stats is float64 by contract (count, mean, M2)",
     "affine_cols": "standardize/unstandardize compute in float64 with float64 offset/scale",
+    "col_minmax_partial": "column_minmax is float64 by contract (exact widening of the result)",
+    "col_minmax_merge": "column_minmax is float64 by contract (exact widening of the result)",
+    "quantile_ranks": "quantile positions h = q * (m - 1) are float64, as NumPy's",
+    "quantile_lerp": "column_quantiles is float64 by contract (reference interpolates in float64)",
+    "normalize_rows": "norms accumulate in float64 (reference), rounded to X's dtype to divide",
 }
 
 
@@ -45,12 +72,37 @@ def _nanmax(a, b):
     return b if (b > a or b != b) else a
 
 
-if _SIM:  # kernels run as Python there, whose math.sqrt raises below 0; NaN as on the device
-    _sqrt = np.sqrt
+if _SIM:
+    # Kernels run as Python there, whose math.sqrt/log/log1p raise outside their domain
+    # (and math.exp on overflow) where the device gives NaN/-inf/inf. NumPy's functions
+    # return those, in the scalar's dtype, as the reference does.
+    _sqrt, _log, _log1p, _exp = np.sqrt, np.log, np.log1p, np.exp
+
+    def _mul_rn(a, b):
+        return a * b
 else:
+    from numba.cuda import libdevice
+
     @cuda.jit(device=True)
     def _sqrt(x):
         return math.sqrt(x)
+
+    @cuda.jit(device=True)
+    def _log(x):
+        return math.log(x)
+
+    @cuda.jit(device=True)
+    def _log1p(x):
+        return math.log1p(x)
+
+    @cuda.jit(device=True)
+    def _exp(x):
+        return math.exp(x)
+
+    @cuda.jit(device=True)
+    def _mul_rn(a, b):
+        """float64 a * b rounded on its own: never contracted into an FMA with a later add."""
+        return libdevice.dmul_rn(a, b)
 
 
 @cuda.jit(device=True)
@@ -265,6 +317,126 @@ def ce_target_weight(target, w, ignore_index, out, zero):
     for i in range(cuda.grid(1), target.size, cuda.gridsize(1)):
         t = target[i]
         out[i] = zero if t == ignore_index else w[t]
+
+
+# Probability losses. Kernel arguments: input, target, the optional same-shape arrays
+# (weight, pos_weight; input fills an absent one's slot, never read), their presence
+# flags, scalars, then the output: ``out`` for the element-wise kernels, float64 block
+# ``partials`` for the fused loss + partial-sum kernels (in "reductions" below).
+@cuda.jit(device=True)
+def _bce(x, t, one, lo):
+    """torch's term (t - 1) * max(log1p(-x), lo) - t * max(log(x), lo), lo = -100."""
+    return (t - one) * _nanmax(_log1p(-x), lo) - t * _nanmax(_log(x), lo)
+
+
+@cuda.jit(device=True)
+def _bce_logits(x, t, pw, has_pw, zero, one):
+    """(1 - t) * x - (1 + (pw - 1) * t) * logsigmoid(x), the stable
+    logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)) (NaN passes the min)."""
+    ls = (zero if x > zero else x) - _log1p(_exp(-abs(x)))
+    if has_pw:
+        ls = ls * ((pw - one) * t + one)
+    return (one - t) * x - ls
+
+
+@cuda.jit(device=True)
+def _kl(x, t, log_target, zero):
+    """exp(t) * (t - x) with log_target, else xlogy(t, t) - t * x (0 * log 0 = 0)."""
+    if log_target:
+        return _exp(t) * (t - x)
+    return (zero if t == zero else t * _log(t)) - t * x
+
+
+@cuda.jit
+def bce_error(x, t, w, has_w, one, lo, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce(x[i], t[i], one, lo)
+        out[i] = v * w[i] if has_w else v
+
+
+@cuda.jit
+def bce_grad(x, t, w, has_w, one, eps, scale, out):
+    """(x - t) / max((1 - x) * x, eps) [* w] * scale, torch's backward formula."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        g = (v - t[i]) / _nanmax((one - v) * v, eps)
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@cuda.jit
+def bce_logits_error(x, t, w, pw, has_w, has_pw, zero, one, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce_logits(x[i], t[i], pw[i], has_pw, zero, one)
+        out[i] = v * w[i] if has_w else v
+
+
+@cuda.jit
+def bce_logits_grad(x, t, w, pw, has_w, has_pw, one, scale, out):
+    """sigmoid(x) - t, or (pw*t + 1 - t) * sigmoid(x) - pw*t; [* w] * scale."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        ti = t[i]
+        sig = one / (one + _exp(-x[i]))  # the reference's form: exp overflow -> 0
+        if has_pw:
+            pt = pw[i] * ti
+            g = (pt + one - ti) * sig - pt
+        else:
+            g = sig - ti
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@cuda.jit
+def kl_div_error(x, t, log_target, zero, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _kl(x[i], t[i], log_target, zero)
+
+
+@cuda.jit
+def kl_div_grad(t, log_target, neg_scale, out):
+    """-scale * t, or -scale * exp(t) with log_target: only the target is read."""
+    for i in range(cuda.grid(1), t.size, cuda.gridsize(1)):
+        v = t[i]
+        out[i] = (_exp(v) if log_target else v) * neg_scale
+
+
+# nll_loss: one thread per row (grid-stride over rows) reads its target's log-probability.
+# ``w`` is the (C,) class weight when ``has_w`` (otherwise any 1-D array, never read).
+@cuda.jit(device=True)
+def _nll_row(x, target, w, has_w, ignore_index, row, zero, one):
+    """(loss, target weight) of a row: (-w[t] * x[row, t], w[t]); (0, 0) when ignored."""
+    t = target[row]
+    if t == ignore_index:
+        return zero, zero
+    wt = w[t] if has_w else one
+    return -wt * x[row, t], wt
+
+
+@cuda.jit
+def nll_rows(x, target, w, has_w, ignore_index, zero, one, out):
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        out[row] = _nll_row(x, target, w, has_w, ignore_index, row, zero, one)[0]
+
+
+@cuda.jit
+def nll_grad(target, w, has_w, ignore_index, zero, one, coef, out):
+    """out (N, C): (-w[t]) * coef at each kept row's target, 0 elsewhere.
+
+    Grid-stride over all N * C elements, so the dense write is coalesced; the
+    input itself is never read.
+    """
+    c = out.shape[1]
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        r = i // c
+        j = i - r * c
+        t = target[r]
+        if j == t and t != ignore_index:
+            wt = w[t] if has_w else one
+            out[r, j] = -wt * coef
+        else:
+            out[r, j] = zero
 
 
 @cuda.jit
@@ -483,6 +655,68 @@ abs_error_partials = _partials(_abs_error_term)
 huber_partials = _partials(_huber)
 
 
+@cuda.jit(device=True)
+def _store_partial(sh, acc, partials):
+    """partials[blockIdx.x] = the block's sum of ``acc`` (shared buffer ``sh``)."""
+    total = _block_sum(sh, acc)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def bce_partials(x, t, w, has_w, one, lo, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce(x[i], t[i], one, lo)
+        acc += v * w[i] if has_w else v
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def bce_logits_partials(x, t, w, pw, has_w, has_pw, zero, one, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = _bce_logits(x[i], t[i], pw[i], has_pw, zero, one)
+        acc += v * w[i] if has_w else v
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def kl_div_partials(x, t, log_target, zero, partials):
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        acc += _kl(x[i], t[i], log_target, zero)
+    _store_partial(sh, acc, partials)
+
+
+@cuda.jit
+def nll_partials(x, target, w, has_w, ignore_index, zero, one, partials):
+    """partials (2, blocks): each block's float64 sums of the row losses and target weights."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    loss, weight = 0.0, 0.0
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        v, wt = _nll_row(x, target, w, has_w, ignore_index, row, zero, one)
+        loss += v
+        weight += wt
+    _store_partial(sh, loss, partials[0])
+    _store_partial(sh, weight, partials[1])
+
+
+@cuda.jit
+def nll_weight_partials(target, w, has_w, ignore_index, zero, one, partials):
+    """Each block's float64 sum of the kept rows' target weights (nll_loss_grad's 'mean')."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    acc = 0.0
+    for row in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+        t = target[row]
+        if t != ignore_index:
+            acc += w[t] if has_w else one
+    _store_partial(sh, acc, partials)
+
+
 @cuda.jit
 def col_sum_partial(X, out, zero):
     """out[blockIdx.y, c] = sum of column c over the rows of block-row blockIdx.y.
@@ -568,6 +802,275 @@ def col_stats_merge(part, out):
             n, mean, m2 = _chan(n, mean, m2, part[0, b, c], part[2, b, c], part[3, b, c])
             total += part[1, b, c]
         out[0, c], out[1, c], out[2, c] = n, total / n if n > 0.0 else 0.0, m2
+
+
+# ------------------------------------------------------ preprocessing: columns
+@cuda.jit
+def col_minmax_partial(X, part, inf):
+    """part[0|1, blockIdx.y, c] = NaN-ignoring min | max of column c over a row slice.
+
+    Compared in X's dtype (NaN fails every comparison, so it is skipped; an
+    empty slice keeps the identities +inf, -inf); widened to float64 on store.
+    """
+    sh_lo = cuda.shared.array((COL_Y, COL_X), X.dtype)
+    sh_hi = cuda.shared.array((COL_Y, COL_X), X.dtype)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    lo, hi = inf, -inf
+    if col < X.shape[1]:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, X.shape[0], COL_Y * cuda.gridDim.y):
+            v = X[r, col]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    sh_lo[ty, tx] = lo
+    sh_hi[ty, tx] = hi
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            if sh_lo[ty + h, tx] < sh_lo[ty, tx]:
+                sh_lo[ty, tx] = sh_lo[ty + h, tx]
+            if sh_hi[ty + h, tx] > sh_hi[ty, tx]:
+                sh_hi[ty, tx] = sh_hi[ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < X.shape[1]:
+        part[0, cuda.blockIdx.y, col] = sh_lo[0, tx]
+        part[1, cuda.blockIdx.y, col] = sh_hi[0, tx]
+
+
+@cuda.jit
+def col_minmax_merge(part, out):
+    """out[:, c] = (min, max) of the block-row partials of column c."""
+    for c in range(cuda.grid(1), part.shape[2], cuda.gridsize(1)):
+        lo, hi = part[0, 0, c], part[1, 0, c]
+        for b in range(1, part.shape[1]):  # partials are never NaN
+            if part[0, b, c] < lo:
+                lo = part[0, b, c]
+            if part[1, b, c] > hi:
+                hi = part[1, b, c]
+        out[0, c], out[1, c] = lo, hi
+
+
+@cuda.jit
+def col_observed_partial(X, part):
+    """part[blockIdx.y, c] = number of non-NaN values of column c over a row slice (int64)."""
+    sh = cuda.shared.array((COL_Y, COL_X), int64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    m = 0
+    if col < X.shape[1]:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, X.shape[0], COL_Y * cuda.gridDim.y):
+            v = X[r, col]
+            if v == v:
+                m += 1
+    sh[ty, tx] = m
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            sh[ty, tx] += sh[ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < X.shape[1]:
+        part[cuda.blockIdx.y, col] = sh[0, tx]
+
+
+@cuda.jit(device=True)
+def _order_key(u, sign, mag, inf, ones):
+    """Order-preserving unsigned key of a float's bits u: NaN -> all ones (above +inf)."""
+    if (u & mag) > inf:
+        return ones
+    if u & sign:
+        return u ^ ones
+    return u | sign
+
+
+@cuda.jit
+def quantile_ranks(part, q, count, rank, prefix, zero):
+    """count[c] = observed values of column c (merging ``part``, (blocks, F)); for each
+    quantile j, rank[2j, c] and rank[2j + 1, c] = the 0-based order statistics
+    NumPy's 'linear' method reads (both m - 1 at or past the last one); prefix = 0."""
+    F = count.size
+    for i in range(cuda.grid(1), q.size * F, cuda.gridsize(1)):
+        j = i // F
+        c = i - j * F
+        m = part[0, c]
+        for b in range(1, part.shape[0]):
+            m += part[b, c]
+        if j == 0:
+            count[c] = m
+        h = q[j] * float(m - 1)
+        if m == 0:  # nothing to select (the result is NaN)
+            lo, hi = 0, 0
+        elif h >= m - 1:
+            lo, hi = m - 1, m - 1
+        else:  # also for a whole h, as NumPy (0 * (b - a) there: NaN when b is inf)
+            lo = math.floor(h)  # an int64
+            hi = lo + 1
+        rank[2 * j, c] = lo
+        rank[2 * j + 1, c] = hi
+        prefix[2 * j, c] = zero
+        prefix[2 * j + 1, c] = zero
+
+
+@cuda.jit
+def quantile_count(bits, prefix, mask, part, sign, mag, inf, ones):
+    """One radix-select pass: part[blockIdx.y, t, c] = keys of column c in a row slice
+    whose bits under ``mask`` (those found so far and this pass's bit) equal prefix[t, c]
+    (whose bit of this pass is 0), for the targets t of block-z.
+
+    ``bits`` is X viewed as unsigned integers of its width; threads x on
+    consecutive columns (coalesced), threads y and blocks y on rows, one read
+    of each value for all the block's targets.
+    """
+    sh = cuda.shared.array((QG, COL_Y, COL_X), int64)
+    cnt = cuda.local.array(QG, int64)
+    pre = cuda.local.array(QG, bits.dtype)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    t0 = cuda.blockIdx.z * QG
+    T = prefix.shape[0]
+    for g in range(QG):
+        cnt[g] = 0
+        pre[g] = prefix[t0 + g, col] if t0 + g < T and col < bits.shape[1] else ones
+    if col < bits.shape[1]:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, bits.shape[0], COL_Y * cuda.gridDim.y):
+            key = _order_key(bits[r, col], sign, mag, inf, ones) & mask
+            for g in range(QG):
+                if key == pre[g]:
+                    cnt[g] += 1
+    for g in range(QG):
+        sh[g, ty, tx] = cnt[g]
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            for g in range(QG):
+                sh[g, ty, tx] += sh[g, ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < bits.shape[1]:
+        for g in range(QG):
+            if t0 + g < T:
+                part[cuda.blockIdx.y, t0 + g, col] = sh[g, 0, tx]
+
+
+@cuda.jit
+def quantile_merge(part, rank, prefix, bit, last, vbits, sign, ones):
+    """Close one radix-select pass: with c0 the count of target (t, c) below this bit,
+    the bit is 1 (and the rank drops by c0) when rank >= c0. After the ``last``
+    pass, vbits[t, c] = the selected value's bits (X's dtype viewed as unsigned)."""
+    F = rank.shape[1]
+    for i in range(cuda.grid(1), rank.size, cuda.gridsize(1)):
+        t = i // F
+        c = i - t * F
+        below = part[0, t, c]
+        for b in range(1, part.shape[0]):
+            below += part[b, t, c]
+        key = prefix[t, c]
+        if rank[t, c] >= below:
+            rank[t, c] -= below
+            key = key | bit
+            prefix[t, c] = key
+        if last:
+            vbits[t, c] = key ^ sign if key & sign else key ^ ones
+
+
+@cuda.jit
+def quantile_lerp(vals, q, count, out):
+    """out[j, c] = NumPy's 'linear' quantile q[j] of column c from its two selected
+    neighbours vals[2j, c], vals[2j + 1, c]; NaN when the column has no observed value.
+
+    NumPy's own arithmetic: past the last index, gamma = h + 1 against both
+    neighbours the last value; ``a + d * g``, or ``b - d * (1 - g)`` when g >= 0.5.
+    """
+    F = count.size
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        j = i // F
+        c = i - j * F
+        m = count[c]
+        if m == 0:
+            out[j, c] = math.nan
+            continue
+        a = float(vals[2 * j, c])
+        b = float(vals[2 * j + 1, c])
+        h = q[j] * float(m - 1)
+        prev = -1.0 if h >= m - 1 else float(math.floor(h))
+        g = h - prev
+        d = b - a
+        if g >= 0.5:
+            out[j, c] = b - _mul_rn(d, 1.0 - g)
+        else:
+            out[j, c] = a + _mul_rn(d, g)
+
+
+# --------------------------------------------------------- preprocessing: rows
+@cuda.jit
+def normalize_rows(X, out, kind, tiny, one):
+    """out[row] = X[row] / its norm, kind 0: l1, 1: l2, 2: max |x|; one block per row.
+
+    The norm accumulates in float64 and is rounded to X's dtype (through a
+    one-element local array of that dtype) before dividing, as the reference;
+    a norm below ``tiny`` (10 eps of the dtype) divides by one.
+    """
+    sh = cuda.shared.array(MAX_TPB, float64)
+    rounded = cuda.local.array(1, X.dtype)
+    for row in range(cuda.blockIdx.x, X.shape[0], cuda.gridDim.x):
+        acc = 0.0
+        for j in range(cuda.threadIdx.x, X.shape[1], cuda.blockDim.x):
+            a = abs(float(X[row, j]))
+            if kind == 0:
+                acc += a
+            elif kind == 1:
+                acc += _mul_rn(a, a)  # rounded as the reference's a * a (no FMA)
+            else:
+                acc = _nanmax(acc, a)
+        if kind == 2:
+            total = _block_max(sh, acc)
+        else:
+            total = _block_sum(sh, acc)
+            if kind == 1:
+                total = _sqrt(total)
+        rounded[0] = total
+        nrm = rounded[0]
+        if nrm < tiny:
+            nrm = one
+        for j in range(cuda.threadIdx.x, X.shape[1], cuda.blockDim.x):
+            out[row, j] = X[row, j] / nrm
+
+
+@cuda.jit
+def polynomial_features(X, left, right, keep, out, one):
+    """out[r, i] = monomial keep[i] of row r, in X's dtype.
+
+    Monomial k is ``M[left[k]] * X[right[k]]`` (left -1: the constant 1, right
+    -1: no factor). Each thread walks k's chain of lower monomials and
+    multiplies its factors from the lowest degree up, the reference's order,
+    so results are bitwise equal; one thread per output element (flat, so
+    writes are coalesced), chains are a few steps (the degree) long.
+    """
+    K = keep.size
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        r = i // K
+        col = i - r * K
+        k = keep[col]
+        depth = 0
+        m = k
+        while m >= 0:
+            depth += 1
+            m = left[m]
+        acc = one
+        for d in range(depth - 1, -1, -1):  # the monomial d steps below k, lowest first
+            m = k
+            for _ in range(d):
+                m = left[m]
+            f = right[m]
+            if f >= 0:
+                acc = acc * X[r, f]
+        out[r, col] = acc
 
 
 # ---------------------------------------------------------------------- GEMM

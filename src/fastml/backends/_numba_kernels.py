@@ -165,6 +165,88 @@ def _tanh_f64(x):
     return big if a >= 0.625 else small  # NaN takes the small branch: NaN
 
 
+@intrinsic
+def _to_bits(typingctx, x):
+    """The integer of the same width whose bits are the float x."""
+    itype = {types.float32: types.int32, types.float64: types.int64}.get(x)
+    if itype is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(itype))
+    return itype(x), codegen
+
+
+# log: Cephes' logf / log (x = m * 2**e, m in [sqrt(1/2), sqrt(2)), log(1 + (m - 1))
+# by polynomial, e*ln2 added in two parts), with frexp done on the bits:
+# branch-free, so loops of it vectorize. Subnormals are scaled up first;
+# 0 -> -inf, x < 0 -> NaN, inf and NaN pass, as libm.
+@_math
+def _log_f32(x):
+    f = np.float32
+    i32 = np.int32  # numba widens int32 arithmetic to int64: narrow it back
+    tiny = x < f(1.17549435e-38)
+    i = _to_bits(x * f(16777216.0) if tiny else x)  # subnormals: times 2**24
+    e = i32(i32(i >> i32(23)) & i32(0xff)) - i32(126) - (i32(24) if tiny else i32(0))
+    m = _from_bits(i32(i32(i & i32(0x007fffff)) | i32(0x3f000000)))  # in [0.5, 1)
+    low = m < f(0.707106781186547524)
+    fe = f(e - i32(1) if low else e)
+    m = (m + m - f(1.0)) if low else (m - f(1.0))
+    z = m * m
+    y = ((((((((f(7.0376836292e-2) * m - f(1.1514610310e-1)) * m + f(1.1676998740e-1)) * m
+               - f(1.2420140846e-1)) * m + f(1.4249322787e-1)) * m - f(1.6668057665e-1)) * m
+            + f(2.0000714765e-1)) * m - f(2.4999993993e-1)) * m + f(3.3333331174e-1)) * m * z
+    y = y + f(-2.12194440e-4) * fe - f(0.5) * z
+    r = m + y + f(0.693359375) * fe
+    r = x if x == f(np.inf) else r
+    r = f(-np.inf) if x == f(0.0) else r
+    r = f(np.nan) if x < f(0.0) else r
+    return x if x != x else r
+
+
+@_math
+def _log_f64(x):
+    i64 = np.int64
+    tiny = x < 2.2250738585072014e-308
+    i = _to_bits(x * 18014398509481984.0 if tiny else x)  # subnormals: times 2**54
+    e = ((i >> i64(52)) & i64(0x7ff)) - i64(1022) - (i64(54) if tiny else i64(0))
+    m = _from_bits((i & i64(0x000fffffffffffff)) | i64(0x3fe0000000000000))  # in [0.5, 1)
+    low = m < 0.70710678118654752440
+    fe = np.float64(e - i64(1) if low else e)
+    m = (m + m - 1.0) if low else (m - 1.0)
+    z = m * m
+    p = ((((1.01875663804580931796e-4 * m + 4.97494994976747001425e-1) * m
+           + 4.70579119878881725854e0) * m + 1.44989225341610930846e1) * m
+         + 1.79368678507819816313e1) * m + 7.70838733755885391666e0
+    q = ((((m + 1.12873587189167450590e1) * m + 4.52279145837532221105e1) * m
+          + 8.29875266912776603211e1) * m + 7.11544750618563894466e1) * m + 2.31251620126765340583e1
+    y = m * (z * p / q) - fe * 2.121944400546905827679e-4 - 0.5 * z
+    r = m + y + fe * 0.693359375
+    r = x if x == np.inf else r
+    r = -np.inf if x == 0.0 else r
+    r = np.nan if x < 0.0 else r
+    return x if x != x else r
+
+
+@_math
+def _log1p_f32(a):
+    """log(u) - ((u - 1) - a) / u with u = 1 + a: log of the rounded sum,
+    corrected by its rounding error (exact a for tiny a)."""
+    f = np.float32
+    u = a + f(1.0)
+    r = _log_f32(u)
+    fixed = r - ((u - f(1.0)) - a) / u
+    return r if (u == f(0.0)) | (u == f(np.inf)) else fixed  # -1 -> -inf, inf -> inf
+
+
+@_math
+def _log1p_f64(a):
+    u = a + 1.0
+    r = _log_f64(u)
+    fixed = r - ((u - 1.0) - a) / u
+    return r if (u == 0.0) | (u == np.inf) else fixed
+
+
 def fexp(x):
     """exp in the argument's precision, vectorizable."""
     return np.exp(x)
@@ -175,6 +257,16 @@ def ftanh(x):
     return np.tanh(x)
 
 
+def flog(x):
+    """log in the argument's precision, vectorizable."""
+    return np.log(x)
+
+
+def flog1p(x):
+    """log1p in the argument's precision, vectorizable."""
+    return np.log1p(x)
+
+
 @overload(fexp)
 def _fexp(x):
     return (lambda x: _exp_f32(x)) if x == types.float32 else (lambda x: _exp_f64(x))
@@ -183,6 +275,16 @@ def _fexp(x):
 @overload(ftanh)
 def _ftanh(x):
     return (lambda x: _tanh_f32(x)) if x == types.float32 else (lambda x: _tanh_f64(x))
+
+
+@overload(flog)
+def _flog(x):
+    return (lambda x: _log_f32(x)) if x == types.float32 else (lambda x: _log_f64(x))
+
+
+@overload(flog1p)
+def _flog1p(x):
+    return (lambda x: _log1p_f32(x)) if x == types.float32 else (lambda x: _log1p_f64(x))
 
 
 # ---------------------------------------------------------------- linear
@@ -545,6 +647,202 @@ def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
         o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
 
 
+# Element-wise losses with optional per-element weights: each op has one
+# ``_fill`` kernel over a contiguous range (branch-free math, so it
+# vectorizes; ``has_*`` flags are loop-invariant and absent arrays come as
+# placeholders of input's size). Both the 'none' kernel and the summing one
+# run that same fill over one chunk of the flat arrays per thread, so the
+# per-element values are identical; the sums fill an L1-sized block, then
+# add it up in float64 (``_sum64``, vectorized).
+_FILL_BLOCK = 2048
+
+
+@kernel
+def _chunk(n, nchunks, k):
+    """[lo, hi) of chunk k of nchunks over n elements."""
+    per = (n + nchunks - 1) // nchunks
+    return min(n, k * per), min(n, (k + 1) * per)
+
+
+@kernel
+def _bce_fill(x, t, w, has_w, out):
+    """torch's BCE: (t - 1) * max(log1p(-x), -100) - t * max(log(x), -100), times w."""
+    f = x.dtype.type
+    one, floor = f(1), f(-100)
+    for i in range(x.size):
+        a = flog1p(-x[i])
+        a = floor if a < floor else a  # np.maximum: NaN stays NaN
+        b = flog(x[i])
+        b = floor if b < floor else b
+        v = (t[i] - one) * a - t[i] * b
+        out[i] = v * w[i] if has_w else v
+
+
+@kernel
+def _bce_logits_fill(x, t, w, pw, has_w, has_pw, out):
+    """(1 - t) * x - lw * logsigmoid(x), lw = (pw - 1) * t + 1, times w;
+    logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))."""
+    f = x.dtype.type
+    one, zero = f(1), f(0)
+    for i in range(x.size):
+        xi, ti = x[i], t[i]
+        low = xi if not (xi > zero) else zero  # np.minimum(x, 0): NaN stays NaN
+        ls = low - flog1p(fexp(-abs(xi)))
+        if has_pw:
+            ls = ls * ((pw[i] - one) * ti + one)
+        v = (one - ti) * xi - ls
+        out[i] = v * w[i] if has_w else v
+
+
+@kernel
+def _kl_fill(x, t, log_target, out):
+    """exp(t) * (t - x) with log_target, else xlogy(t, t) - t * x (0 * log 0 = 0)."""
+    f = x.dtype.type
+    zero = f(0)
+    if log_target:
+        for i in range(x.size):
+            out[i] = fexp(t[i]) * (t[i] - x[i])
+    else:
+        for i in range(x.size):
+            ti = t[i]
+            out[i] = (zero if ti == zero else ti * flog(ti)) - ti * x[i]
+
+
+@twin
+def bce(x, t, w, has_w, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _bce_fill(x[lo:hi], t[lo:hi], w[lo:hi], has_w, out[lo:hi])
+
+
+@twin
+def bce_sum(x, t, w, has_w, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _bce_fill(x[a:b], t[a:b], w[a:b], has_w, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def bce_logits(x, t, w, pw, has_w, has_pw, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _bce_logits_fill(x[lo:hi], t[lo:hi], w[lo:hi], pw[lo:hi], has_w, has_pw, out[lo:hi])
+
+
+@twin
+def bce_logits_sum(x, t, w, pw, has_w, has_pw, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _bce_logits_fill(x[a:b], t[a:b], w[a:b], pw[a:b], has_w, has_pw, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def kl(x, t, log_target, out, nchunks):
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        _kl_fill(x[lo:hi], t[lo:hi], log_target, out[lo:hi])
+
+
+@twin
+def kl_sum(x, t, log_target, nchunks):
+    part = np.zeros(nchunks)
+    for k in prange(nchunks):
+        lo, hi = _chunk(x.size, nchunks, k)
+        buf = np.empty(_FILL_BLOCK, x.dtype)
+        for a in range(lo, hi, _FILL_BLOCK):
+            b = min(a + _FILL_BLOCK, hi)
+            blk = buf[:b - a]
+            _kl_fill(x[a:b], t[a:b], log_target, blk)
+            part[k] += _sum64(blk)
+    return part.sum()
+
+
+@twin
+def bce_grad(x, t, w, has_w, scale, eps, out):
+    """(x - t) / max((1 - x) * x, eps) * w * scale, torch's backward."""
+    one = x.dtype.type(1)
+    for i in prange(x.size):
+        d = (one - x[i]) * x[i]
+        d = eps if d < eps else d  # np.maximum: NaN stays NaN
+        g = (x[i] - t[i]) / d
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@twin
+def bce_logits_grad(x, t, w, pw, has_w, has_pw, scale, out):
+    """sigmoid(x) - t, or (pw*t + 1 - t) * sigmoid(x) - pw*t; times w and scale."""
+    one = x.dtype.type(1)
+    for i in prange(x.size):
+        sig = one / (one + fexp(-x[i]))
+        if has_pw:
+            pt = pw[i] * t[i]
+            g = (pt + one - t[i]) * sig - pt
+        else:
+            g = sig - t[i]
+        if has_w:
+            g = g * w[i]
+        out[i] = g * scale
+
+
+@twin
+def kl_grad(t, log_target, neg_scale, out):
+    """-t (-exp(t) with log_target) times the reduction's scale."""
+    if log_target:
+        for i in prange(t.size):
+            out[i] = fexp(t[i]) * neg_scale
+    else:
+        for i in prange(t.size):
+            out[i] = t[i] * neg_scale
+
+
+@kernel
+def nll_rows(x, target, w, ignore_index, out):
+    """Per-row -w[t] * x[i, t] in the input dtype, exactly 0 for ignored rows."""
+    zero = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        t = target[i]
+        out[i] = zero if t == ignore_index else -w[t] * x[i, t]
+
+
+@kernel
+def nll_sum(x, target, w, ignore_index):
+    """(float64 sum of the per-row losses, float64 sum of the kept rows' w[t])."""
+    total = 0.0
+    wsum = 0.0
+    for i in range(x.shape[0]):
+        t = target[i]
+        if t != ignore_index:
+            wt = w[t]
+            total += -wt * x[i, t]  # the product in the input dtype, as nll_rows
+            wsum += wt
+    return total, wsum
+
+
+@kernel
+def nll_grad(target, w, ignore_index, coef, out):
+    """-w[t] * coef at each kept row's target of a zeroed out (N, C)."""
+    for i in range(out.shape[0]):
+        t = target[i]
+        if t != ignore_index:
+            out[i, t] = -w[t] * coef
+
+
 # ------------------------------------------------------------------ optim
 @twin
 def sgd(param, grad, buf, lr, momentum, damp1, wd, sign, has_wd, has_momentum,
@@ -691,3 +989,328 @@ def unstandardize(X, offset, scale, out):
     for r in prange(X.shape[0]):
         for j in range(X.shape[1]):
             out[r, j] = np.float64(X[r, j]) * scale[j] + offset[j]
+
+
+@twin
+def column_minmax(X, nchunks):
+    """NaN-ignoring (min, max) per column, float64 (F,); (+inf, -inf) where a
+    column has no observed value. One row-major pass; each chunk of rows keeps
+    its extremes in X's dtype (exact), merged at the end. The compare-selects
+    skip NaN (a comparison with NaN is False) and are element-wise over the
+    columns, so they vectorize without fast-math flags."""
+    rows, f = X.shape
+    lo = np.full((nchunks, f), np.inf)
+    hi = np.full((nchunks, f), -np.inf)
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        clo = np.empty(f, X.dtype)
+        chi = np.empty(f, X.dtype)
+        for j in range(f):
+            clo[j] = np.inf
+            chi[j] = -np.inf
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            xr = X[r]
+            for j in range(f):
+                v = xr[j]
+                clo[j] = v if v < clo[j] else clo[j]
+                chi[j] = v if v > chi[j] else chi[j]
+        for j in range(f):
+            lo[k, j] = clo[j]
+            hi[k, j] = chi[j]
+    for k in range(1, nchunks):
+        for j in range(f):
+            lo[0, j] = min(lo[0, j], lo[k, j])
+            hi[0, j] = max(hi[0, j], hi[k, j])
+    return lo[0], hi[0]
+
+
+_SELECT_SMALL = 16  # ranges this short are finished by insertion sort
+
+
+@kernel
+def _insertion_sort(a, lo, hi):
+    """Sort a[lo:hi+1] in place."""
+    for i in range(lo + 1, hi + 1):
+        v = a[i]
+        j = i - 1
+        while j >= lo and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@kernel
+def _select(a, lo, hi, k):
+    """Quickselect (Hoare partition, median-of-three pivot) of a[lo:hi+1] (no NaN):
+    afterwards a[k] holds the value of sorted rank k, with no greater value
+    before it and no smaller one after it. Falls back to a sort of the remaining
+    range after 2*log2(n) + 8 partitions (adversarial input: no O(n^2))."""
+    budget = 8
+    size = hi - lo + 1
+    while size > 1:
+        size >>= 1
+        budget += 2
+    while hi - lo >= _SELECT_SMALL:
+        if budget == 0:
+            a[lo:hi + 1].sort()
+            return
+        budget -= 1
+        mid = lo + ((hi - lo) >> 1)
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i = lo - 1
+        j = hi + 1
+        while True:
+            i += 1
+            while a[i] < pivot:
+                i += 1
+            j -= 1
+            while a[j] > pivot:
+                j -= 1
+            if i >= j:
+                break
+            a[i], a[j] = a[j], a[i]
+        # a[lo:j+1] <= pivot <= a[j+1:hi+1], lo <= j < hi
+        if k <= j:
+            hi = j
+        else:
+            lo = j + 1
+    _insertion_sort(a, lo, hi)
+
+
+@kernel
+def _select_ranks(a, ranks):
+    """Put the values of sorted rank ``ranks`` (ascending) of a in place: each
+    selected in the part not yet fixed; a rank just after the previous one is
+    the minimum of that part."""
+    m = a.size
+    done = -1  # a[:done+1] holds the ranks 0..done in place
+    for t in ranks:
+        if t <= done:
+            continue
+        if t == done + 1 and done >= 0:
+            best = t
+            for s in range(t + 1, m):
+                if a[s] < a[best]:
+                    best = s
+            a[t], a[best] = a[best], a[t]
+        else:
+            _select(a, done + 1, m - 1, t)
+        done = t
+
+
+# Columns with at least this many observed values are first narrowed by a sample
+# (Floyd and Rivest's selection): one pass counts the values below a window of
+# sample values around each wanted rank and copies the values inside it; the
+# exact selection then runs on the small copies.
+_SAMPLE_MIN = 1 << 16
+_SAMPLE = 1 << 14
+
+
+@kernel
+def _window_ranks(a, prev, nxt, found):
+    """found[i, 0:2] = values of ranks prev[i], nxt[i] of a, through a sample;
+    returns False (found incomplete) when a rank fell outside its window."""
+    m = a.size
+    nq = prev.size
+    sample = np.empty(_SAMPLE, a.dtype)
+    state = np.uint64(0x9E3779B97F4A7C15)
+    for i in range(_SAMPLE):
+        state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+        sample[i] = a[np.int64((state >> np.uint64(33)) % np.uint64(m))]
+    sample.sort()
+    margin = 2 * np.int64(np.sqrt(_SAMPLE))  # 4 sigma of the sample rank, at worst
+    u = np.empty(nq, a.dtype)
+    v = np.empty(nq, a.dtype)
+    for i in range(nq):
+        t = np.int64(np.float64(prev[i]) * _SAMPLE / m)
+        u[i] = sample[t - margin] if t - margin >= 0 else -np.inf
+        v[i] = sample[t + margin] if t + margin < _SAMPLE else np.inf
+    cap = 16 * m * margin // _SAMPLE + 64
+    win = np.empty((nq, cap), a.dtype)
+    below = np.zeros(nq, np.int64)
+    inside = np.zeros(nq, np.int64)
+    for i in range(nq):
+        ui, vi, w = u[i], v[i], win[i]
+        b = 0
+        c = 0
+        for s in range(m):  # branch-free: a window value is unpredictable
+            x = a[s]
+            b += x < ui
+            w[min(c, cap - 1)] = x
+            c += (ui <= x) & (x <= vi)
+        if not (c < cap and b <= prev[i] and nxt[i] < b + c):
+            return False  # (c == cap: the last slot may be overwritten)
+        below[i] = b
+        inside[i] = c
+    ranks = np.empty(2, np.int64)
+    for i in range(nq):
+        w = win[i, :inside[i]]
+        ranks[0] = prev[i] - below[i]
+        ranks[1] = nxt[i] - below[i]
+        _select_ranks(w, ranks)
+        found[i, 0] = w[ranks[0]]
+        found[i, 1] = w[ranks[1]]
+    return True
+
+
+@kernel
+def _quantiles_1d(a, q, out, col):
+    """np.quantile(a, q) ('linear') of the m observed values a (reordered in place)
+    into out[:, col], float64, bit for bit: NumPy's indices, gamma and lerp
+    (including its clipping at the ends, where gamma = h + 1)."""
+    m = a.size
+    nq = q.size
+    if m == 0:
+        for i in range(nq):
+            out[i, col] = np.nan
+        return
+    prev = np.empty(nq, np.int64)
+    nxt = np.empty(nq, np.int64)
+    gamma = np.empty(nq)
+    for i in range(nq):
+        h = np.float64(m - 1) * q[i]
+        if h >= m - 1 or h != h:
+            prev[i] = nxt[i] = m - 1
+            gamma[i] = h + 1.0  # NumPy's previous index is -1 there
+        elif h < 0.0:
+            prev[i] = nxt[i] = 0
+            gamma[i] = h
+        else:
+            fl = np.floor(h)
+            prev[i] = np.int64(fl)
+            nxt[i] = prev[i] + 1
+            gamma[i] = h - fl
+    found = np.empty((nq, 2), a.dtype)
+    if not (m >= _SAMPLE_MIN and _window_ranks(a, prev, nxt, found)):
+        _select_ranks(a, np.sort(np.concatenate((prev, nxt))))
+        for i in range(nq):
+            found[i, 0] = a[prev[i]]
+            found[i, 1] = a[nxt[i]]
+    for i in range(nq):
+        lo = np.float64(found[i, 0])
+        hi = np.float64(found[i, 1])
+        g = gamma[i]
+        d = hi - lo
+        out[i, col] = hi - d * (1.0 - g) if g >= 0.5 else lo + d * g
+
+
+@twin
+def column_quantiles(X, q, out, nchunks):
+    """NaN-ignoring quantiles q (k,) of each column of X (n, F) into out (k, F),
+    float64, NaN for an unobserved column. Columns go in groups about one cache
+    line wide (whole groups per thread): a group's observed values are gathered
+    in one pass over the rows, then each column is selected on its own."""
+    n, f = X.shape
+    line = max(1, 64 // X.itemsize)  # columns per group: one cache line of a row
+    ngroups = nchunks * ((f + nchunks * line - 1) // (nchunks * line))
+    ngroups = max(1, min(ngroups, f))
+    for g in prange(ngroups):
+        c0 = g * f // ngroups
+        c1 = (g + 1) * f // ngroups
+        w = c1 - c0
+        buf = np.empty((w, n), X.dtype)
+        for r in range(n):
+            xr = X[r]
+            for j in range(w):
+                buf[j, r] = xr[c0 + j]
+        for j in range(w):
+            b = buf[j]
+            c = 0
+            for r in range(n):  # keep the observed values, in order
+                v = b[r]
+                b[c] = v
+                c += v == v
+            _quantiles_1d(b[:c], q, out, c0 + j)
+
+
+@_sum_kernel
+def _abs_sum64(xr):
+    s = 0.0
+    for j in range(xr.size):
+        s += abs(np.float64(xr[j]))
+    return s
+
+
+@_sum_kernel
+def _square_sum64(xr):
+    s = 0.0
+    for j in range(xr.size):
+        v = np.float64(xr[j])
+        s += v * v
+    return s
+
+
+@kernel
+def _abs_max64(xr):
+    """max(0, max |x|) in float64; NaN if the row has NaN (as np.max)."""
+    m = 0.0
+    for j in range(xr.size):
+        v = abs(np.float64(xr[j]))
+        m = v if (v > m or v != v) else m
+    return m
+
+
+@twin
+def normalize_rows(X, kind, tiny, out):
+    """out = X / norm per row; kind 0: l1, 1: l2, 2: max. Norms in float64,
+    rounded to X's dtype; below tiny (10 eps of the dtype) a row is left as it is."""
+    one = X.dtype.type(1)
+    for r in prange(X.shape[0]):
+        xr, o = X[r], out[r]
+        if kind == 0:
+            s = _abs_sum64(xr)
+        elif kind == 1:
+            s = np.sqrt(_square_sum64(xr))
+        else:
+            s = _abs_max64(xr)
+        nrm = X.dtype.type(s)
+        if nrm < tiny:
+            nrm = one
+        for j in range(xr.size):
+            o[j] = xr[j] / nrm
+
+
+@kernel
+def _monomials_row(xr, runs, full):
+    """All monomials of one row into full: per run (start, left, right, length),
+    full[start + t] = base * x[right + t] with base full[left] (1 for left -1),
+    or full[start] = base for a run without factor (right -1)."""
+    one = xr.dtype.type(1)
+    for i in range(runs.shape[0]):
+        k0, lft, r0, ln = runs[i, 0], runs[i, 1], runs[i, 2], runs[i, 3]
+        base = full[lft] if lft >= 0 else one
+        if r0 < 0:
+            full[k0] = base
+            continue
+        for t in range(ln):
+            full[k0 + t] = base * xr[r0 + t]
+
+
+@twin
+def polynomial_features(X, runs, keep, offset, n_full, out, nchunks):
+    """Output rows of monomials (see ``_monomials_row``), rows split in chunks.
+    offset >= 0 means keep is the range offset..offset+K-1 (a copy, no gather);
+    offset 0 with K == n_full builds the monomials in the output row itself."""
+    rows, kk = out.shape
+    per = (rows + nchunks - 1) // nchunks
+    direct = offset == 0 and kk == n_full
+    for c in prange(nchunks):
+        full = np.empty(n_full, X.dtype)
+        for r in range(c * per, min(rows, (c + 1) * per)):
+            o = out[r]
+            if direct:
+                _monomials_row(X[r], runs, o)
+                continue
+            _monomials_row(X[r], runs, full)
+            if offset >= 0:
+                for i in range(kk):
+                    o[i] = full[offset + i]
+            else:
+                for i in range(kk):
+                    o[i] = full[keep[i]]

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._cext import _elementwise, _linear, _losses, _optim, _preprocessing, _rowwise
 from .._config import get_num_threads, limit_blas_threads
-from .reference import ReferenceBackend, _grad_scale, op
+from .reference import BCE_EPS, ReferenceBackend, _grad_scale, op
 
 
 def _flat(a):
@@ -21,6 +21,11 @@ def _flat(a):
 def _vec(a):
     """Column offsets / scales as contiguous float64, as the kernels take them."""
     return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _index(a):
+    """Index tables as contiguous int64, as the kernels take them."""
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def _unary(kernel, x):
@@ -43,10 +48,26 @@ def _reduced(kernel, reduction, input, target, *params):
     return total / input.size if input.size else math.nan
 
 
+def _opt(a):
+    """An optional element-wise weight, flattened (None stays None)."""
+    return None if a is None else _flat(a)
+
+
 def _elementwise_grad(kernel, input, target, scale, *params):
     out = np.empty_like(input)
     kernel(_flat(input), _flat(target), scale, *params, _flat(out), get_num_threads())
     return out
+
+
+def _class_reduced(reduction, per_row, total, weight_sum):
+    """A class-target loss (cross_entropy, nll_loss): the per-row losses, their sum, or the
+    sum over the summed target weights ('mean'; NaN when every row is ignored)."""
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(total) / np.float64(weight_sum))
 
 
 class CythonBackend(ReferenceBackend):
@@ -149,12 +170,7 @@ class CythonBackend(ReferenceBackend):
         total, wsum = _losses.cross_entropy(input, target, self._class_weight(input, weight),
                                             ignore_index, label_smoothing, out,
                                             get_num_threads())
-        if reduction == "none":
-            return out
-        if reduction == "sum":
-            return total
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.float64(total) / np.float64(wsum))
+        return _class_reduced(reduction, out, total, wsum)
 
     def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
                            label_smoothing):
@@ -166,6 +182,68 @@ class CythonBackend(ReferenceBackend):
         out = np.empty_like(input)
         _losses.cross_entropy_grad(input, target, w, ignore_index, label_smoothing, coef, out,
                                    get_num_threads())
+        return out
+
+    def binary_cross_entropy(self, input, target, weight, reduction):
+        if reduction == "none":
+            out = np.empty_like(input)
+            _losses.bce_none(_flat(input), _flat(target), _opt(weight), _flat(out),
+                             get_num_threads())
+            return out
+        return _reduced(_losses.bce_sum, reduction, input, target, _opt(weight))
+
+    def binary_cross_entropy_grad(self, input, target, weight, reduction):
+        return _elementwise_grad(_losses.bce_grad, input, target,
+                                 _grad_scale(reduction, input.size), _opt(weight), BCE_EPS)
+
+    def binary_cross_entropy_with_logits(self, input, target, weight, reduction, pos_weight):
+        if reduction == "none":
+            out = np.empty_like(input)
+            _losses.bce_logits_none(_flat(input), _flat(target), _opt(weight), _opt(pos_weight),
+                                    _flat(out), get_num_threads())
+            return out
+        return _reduced(_losses.bce_logits_sum, reduction, input, target, _opt(weight),
+                        _opt(pos_weight))
+
+    def binary_cross_entropy_with_logits_grad(self, input, target, weight, reduction,
+                                              pos_weight):
+        return _elementwise_grad(_losses.bce_logits_grad, input, target,
+                                 _grad_scale(reduction, input.size), _opt(weight),
+                                 _opt(pos_weight))
+
+    def nll_loss(self, input, target, weight, ignore_index, reduction):
+        out = np.empty(input.shape[0], input.dtype) if reduction == "none" else None
+        total, wsum = _losses.nll_loss(input, target, self._class_weight(input, weight),
+                                       ignore_index, out, get_num_threads())
+        return _class_reduced(reduction, out, total, wsum)
+
+    def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
+        w = self._class_weight(input, weight)
+        coef = 1.0
+        if reduction == "mean":
+            with np.errstate(divide="ignore"):
+                coef = float(1.0 / np.float64(_losses.target_weight_sum(target, w, ignore_index)))
+        out = np.zeros(input.shape, input.dtype)  # calloc: zero pages, not a fill
+        _losses.nll_loss_grad(target, w, ignore_index, coef, out, get_num_threads())
+        return out
+
+    def kl_div(self, input, target, reduction, log_target):
+        if reduction == "none":
+            out = np.empty_like(input)
+            _losses.kl_div_none(_flat(input), _flat(target), log_target, _flat(out),
+                                get_num_threads())
+            return out
+        total = _losses.kl_div_sum(_flat(input), _flat(target), log_target, get_num_threads())
+        if reduction == "sum":
+            return total
+        count = self._kl_scale(input, reduction) or input.size  # 'batchmean' of a 0-d: 1
+        return total / count if count else math.nan
+
+    def kl_div_grad(self, input, target, reduction, log_target):
+        count = self._kl_scale(input, reduction)
+        out = np.empty_like(target)
+        _losses.kl_div_grad(_flat(target), 1.0 / count if count else 1.0, log_target,
+                            _flat(out), get_num_threads())
         return out
 
     # ------------------------------------------------------------------- optim
@@ -210,4 +288,24 @@ class CythonBackend(ReferenceBackend):
     def unstandardize(self, X, offset, scale):
         out = np.empty_like(X)
         _preprocessing.unstandardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out
+
+    def column_minmax(self, X):
+        return _preprocessing.column_minmax(X, get_num_threads())
+
+    def column_quantiles(self, X, q):
+        q = np.ascontiguousarray(q, dtype=np.float64).reshape(-1)
+        return _preprocessing.column_quantiles(X, q, get_num_threads())
+
+    _NORMS = {"l1": 0, "l2": 1, "max": 2}
+
+    def normalize_rows(self, X, norm):
+        out = np.empty_like(X)
+        _preprocessing.normalize_rows(X, self._NORMS[norm], out, get_num_threads())
+        return out
+
+    def polynomial_features(self, X, left, right, keep):
+        out = np.empty((X.shape[0], keep.size), X.dtype)
+        _preprocessing.polynomial_features(X, _index(left), _index(right), _index(keep), out,
+                                           get_num_threads())
         return out

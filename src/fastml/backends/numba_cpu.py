@@ -23,7 +23,7 @@ from numba.core import config as _numba_config
 
 from .. import _config
 from . import _numba_kernels as K
-from .reference import ReferenceBackend, _grad_scale, _reduce, op
+from .reference import BCE_EPS, ReferenceBackend, _grad_scale, _reduce, op
 
 PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than it saves
 
@@ -76,6 +76,27 @@ def _reduced(twin, reduction, input, target, *consts):
     if reduction == "sum":
         return float(total)
     return float(total / input.size) if input.size else float("nan")
+
+
+def _flat(*arrays):
+    return tuple(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in arrays)
+
+
+def _chunked_map(twin, first, *rest):
+    """Chunked element-wise kernel (one chunk per thread) over flat views;
+    output allocated once, like ``first``."""
+    out = np.empty_like(first)
+    _run(twin, first.size, *_flat(first, *rest, out), chunked=True)
+    return out
+
+
+def _chunked_reduced(twin, reduction, first, *rest, count=None):
+    """'sum', or the sum / count ('mean': count defaults to the element count;
+    NaN over zero elements), of a chunked float64-summing kernel."""
+    total = _run(twin, first.size, *_flat(first, *rest), chunked=True)
+    if reduction == "sum":
+        return float(total)
+    return float(np.float64(total) / np.float64(first.size if count is None else count))
 
 
 def _rows(twin, first, *rest):
@@ -209,6 +230,78 @@ class NumbaBackend(ReferenceBackend):
              float(label_smoothing), coef, grad)
         return grad
 
+    @op("losses")
+    def binary_cross_entropy(self, input, target, weight, reduction):
+        args = (input, target, input if weight is None else weight, weight is not None)
+        if reduction == "none":
+            return _chunked_map(K.bce, *args)
+        return _chunked_reduced(K.bce_sum, reduction, *args)
+
+    @op("losses")
+    def binary_cross_entropy_grad(self, input, target, weight, reduction):
+        t = input.dtype.type
+        return _map(K.bce_grad, input, target, input if weight is None else weight,
+                    weight is not None, t(_grad_scale(reduction, input.size)), t(BCE_EPS))
+
+    @staticmethod
+    def _bce_logits_args(input, target, weight, pos_weight):
+        return (input, target, input if weight is None else weight,
+                input if pos_weight is None else pos_weight,
+                weight is not None, pos_weight is not None)
+
+    @op("losses")
+    def binary_cross_entropy_with_logits(self, input, target, weight, reduction, pos_weight):
+        args = self._bce_logits_args(input, target, weight, pos_weight)
+        if reduction == "none":
+            return _chunked_map(K.bce_logits, *args)
+        return _chunked_reduced(K.bce_logits_sum, reduction, *args)
+
+    @op("losses")
+    def binary_cross_entropy_with_logits_grad(self, input, target, weight, reduction,
+                                              pos_weight):
+        scale = input.dtype.type(_grad_scale(reduction, input.size))
+        return _map(K.bce_logits_grad, *self._bce_logits_args(input, target, weight, pos_weight),
+                    scale)
+
+    @op("losses")
+    def nll_loss(self, input, target, weight, ignore_index, reduction):
+        w = np.ones(input.shape[1], input.dtype) if weight is None else weight
+        if reduction == "none":
+            loss = np.empty(input.shape[0], input.dtype)
+            K.nll_rows(input, target, w, ignore_index, loss)
+            return loss
+        total, kept = K.nll_sum(input, target, w, ignore_index)
+        if reduction == "sum":
+            return float(total)
+        return float(np.float64(total) / np.float64(kept))  # all ignored: 0/0 = NaN
+
+    @op("losses")
+    def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
+        w = np.ones(input.shape[1], input.dtype) if weight is None else weight
+        coef = 1.0
+        if reduction == "mean":
+            coef = np.float64(1.0) / np.float64(K.target_weight_sum(target, w, ignore_index))
+        # np.zeros (calloc: fresh pages come zeroed, not written twice), not
+        # np.zeros_like (a fill pass); then one store per kept row.
+        grad = np.zeros(input.shape, input.dtype)
+        if grad.size:
+            K.nll_grad(target, w, ignore_index, input.dtype.type(coef), grad)
+        return grad
+
+    @op("losses")
+    def kl_div(self, input, target, reduction, log_target):
+        if reduction == "none":
+            return _chunked_map(K.kl, input, target, log_target)
+        count = self._kl_scale(input, reduction)  # None for 'sum' (unused) and 0-d 'batchmean'
+        return _chunked_reduced(K.kl_sum, reduction, input, target, log_target, count=count)
+
+    @op("losses")
+    def kl_div_grad(self, input, target, reduction, log_target):
+        t = input.dtype.type
+        count = self._kl_scale(input, reduction)
+        scale = t(1.0 / count) if count else t(1)
+        return _map(K.kl_grad, target, log_target, -scale)
+
     # ------------------------------------------------------------------- optim
     @op("optim")
     def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
@@ -268,3 +361,49 @@ class NumbaBackend(ReferenceBackend):
     @op("preprocessing")
     def unstandardize(self, X, offset, scale):
         return _rows(K.unstandardize, X, offset, scale)
+
+    @op("preprocessing")
+    def column_minmax(self, X):
+        return _run(K.column_minmax, X.size, X, chunked=True)
+
+    @op("preprocessing")
+    def column_quantiles(self, X, q):
+        q = q.reshape(-1)
+        out = np.empty((q.size, X.shape[1]))
+        if out.size:
+            _run(K.column_quantiles, X.size, X, q, out, chunked=True)
+        return out
+
+    @op("preprocessing")
+    def normalize_rows(self, X, norm):
+        tiny = X.dtype.type(10 * np.finfo(X.dtype).eps)
+        return _rows(K.normalize_rows, X, _NORMS[norm], tiny)
+
+    @op("preprocessing")
+    def polynomial_features(self, X, left, right, keep):
+        out = np.empty((X.shape[0], keep.size), X.dtype)
+        if out.size:
+            k = keep.size
+            contiguous = k and keep[-1] - keep[0] == k - 1 and \
+                np.array_equal(keep, np.arange(keep[0], keep[0] + k))
+            _run(K.polynomial_features, out.size, X, _product_runs(left, right), keep,
+                 int(keep[0]) if contiguous else -1, left.size, out, chunked=True)
+        return out
+
+
+_NORMS = {"l1": 0, "l2": 1, "max": 2}
+
+
+def _product_runs(left, right):
+    """The recipe of ``polynomial_features`` as runs, int64 (R, 4): (start, left,
+    right, length) for monomials start..start+length-1 that share ``left`` and
+    take consecutive features ``right``, ``right + 1``, ... (so a run is one
+    vectorizable loop); a monomial without factor (right -1) is a run of its own."""
+    n = left.size
+    brk = np.ones(n, bool)
+    brk[1:] = ((left[1:] != left[:-1]) | (right[1:] != right[:-1] + 1)
+               | (right[1:] < 0) | (right[:-1] < 0))
+    starts = np.flatnonzero(brk)
+    lengths = np.diff(np.append(starts, n))
+    return np.ascontiguousarray(
+        np.stack([starts, left[starts], right[starts], lengths], axis=1), dtype=np.int64)

@@ -11,7 +11,11 @@ run a tiled shared-memory GEMM kernel with the bias add fused; it is correct
 but well below cuBLAS speed on large matrices.
 
 Scalar losses sum per-block float64 partials on the device and add the small
-partials array on the host. Launch configurations come from one cached probe
+partials array on the host. Column reductions (column_stats, column_minmax)
+write per-block partials that a second kernel merges on the device;
+column_quantiles is a radix select on the device (bit by bit over the
+floats' order-preserving integer keys, every column and quantile at once),
+described in ``_cuda_kernels``. Launch configurations come from one cached probe
 of the device; kernels compile once per dtype signature, on first use.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 
 import numpy as np
 
-from .reference import ReferenceBackend, _grad_scale
+from .reference import BCE_EPS, ReferenceBackend, _grad_scale
 
 _F64 = np.dtype(np.float64)
 
@@ -97,16 +101,27 @@ def _consts(dtype, *values):
     return tuple(dtype.type(v) for v in values)
 
 
+def _block_partials(kernel, n, *args, parts=1):
+    """float64 totals of a fused partial-sum kernel over n > 0 items (grid-stride).
+
+    The kernel takes ``args`` then a float64 partials array, (blocks,) or
+    (parts, blocks), that each block fills with its sum(s); the host adds the
+    small partials: a float (parts == 1) or an array of ``parts`` totals.
+    """
+    _, tpb, _, max_blocks = _launch_limits()
+    blocks = min(_cdiv(n, tpb), max_blocks)
+    partials = _IO.empty(blocks if parts == 1 else (parts, blocks), _F64)
+    kernel[blocks, tpb](*args, partials)
+    totals = partials.copy_to_host().sum(axis=-1)
+    return float(totals) if parts == 1 else totals
+
+
 def _partial_sum(kernel, a, b, c=0, h=0):
     """float64 sum of a partial-sum kernel's terms over flat device arrays a, b (constants c, h
     of their dtype): device partials, host total."""
     if a.size == 0:
         return 0.0
-    _, tpb, _, max_blocks = _launch_limits()
-    blocks = min(_cdiv(a.size, tpb), max_blocks)
-    partials = _IO.empty(blocks, _F64)
-    kernel[blocks, tpb](a, b, *_consts(a.dtype, c, h), partials)
-    return float(partials.copy_to_host().sum())
+    return _block_partials(kernel, a.size, a, b, *_consts(a.dtype, c, h))
 
 
 def _sum64(a):
@@ -188,6 +203,42 @@ def _softmax_backward(grad_out, y, log):
     return io.get(out)
 
 
+def _loss_args(io, arrays, optional):
+    """Flat device arrays, then the optional ones (the first array fills an absent one's
+    slot, never read), then their presence flags: the probability-loss kernels' head."""
+    dev = [_flat(io.put(a)) for a in arrays]
+    return (*dev, *[dev[0] if a is None else _flat(io.put(a)) for a in optional],
+            *[a is not None for a in optional])
+
+
+def _pointwise(kernel, arrays, optional=(), tail=()):
+    """kernel(*arrays, *optional, *present, *tail, out) -> ``out`` shaped like arrays[0]."""
+    io = _IO(*arrays, *optional)
+    out = io.empty(arrays[0].shape, arrays[0].dtype)
+    if out.size:
+        _launch_1d(kernel, out.size, *_loss_args(io, arrays, optional), *tail, _flat(out))
+    return io.get(out)
+
+
+def _loss(kernels, reduction, input, target, optional=(), tail=(), count=None):
+    """An element-wise loss: its terms for 'none' (kernels[0]), else the float64 'sum', or
+    that sum / count (default: the element count), from the fused partials kernel kernels[1]."""
+    if reduction == "none":
+        return _pointwise(kernels[0], (input, target), optional, tail)
+    total = 0.0
+    if input.size:
+        io = _IO(input, target, *optional)
+        total = _block_partials(kernels[1], input.size,
+                                *_loss_args(io, (input, target), optional), *tail)
+    return total if reduction == "sum" else _mean(total, input.size if count is None else count)
+
+
+def _class_weight(io, weight, filler):
+    """(device class weight, has_weight); without a weight the 1-D device array ``filler``
+    of the input dtype fills the kernel's slot, never read."""
+    return (filler, False) if weight is None else (io.put(weight), True)
+
+
 def _ce_setup(input, target, weight, ignore_index, reduction, label_smoothing):
     """Device inputs and typed scalars shared by cross_entropy and its gradient.
 
@@ -240,6 +291,19 @@ def _affine(X, offset, scale, inverse):
     _launch_1d(_k().affine_cols, X.size, io.put(X), io.put(offset), io.put(scale), out,
                inverse)
     return io.get(out)
+
+
+_NORM_KIND = {"l1": 0, "l2": 1, "max": 2}
+
+
+def _key_consts(dtype):
+    """The unsigned key type of a float dtype and its (sign, magnitude mask, +inf bits,
+    all ones) constants, for the radix select."""
+    key = np.dtype(np.uint32 if dtype == np.float32 else np.uint64)
+    width = 8 * key.itemsize
+    sign = 1 << (width - 1)
+    inf = int(np.array(np.inf, dtype).view(key))
+    return key, tuple(key.type(v) for v in (sign, sign - 1, inf, (1 << width) - 1))
 
 
 class CudaBackend(ReferenceBackend):
@@ -348,6 +412,76 @@ class CudaBackend(ReferenceBackend):
                      input.dtype.type(denom), grad, *_consts(input.dtype, -np.inf, 0, 1))
         return io.get(grad)
 
+    def binary_cross_entropy(self, input, target, weight, reduction):
+        k = _k()
+        return _loss((k.bce_error, k.bce_partials), reduction, input, target, (weight,),
+                     _consts(input.dtype, 1, -100))
+
+    def binary_cross_entropy_grad(self, input, target, weight, reduction):
+        return _pointwise(_k().bce_grad, (input, target), (weight,),
+                          _consts(input.dtype, 1, BCE_EPS, _grad_scale(reduction, input.size)))
+
+    def binary_cross_entropy_with_logits(self, input, target, weight, reduction, pos_weight):
+        k = _k()
+        return _loss((k.bce_logits_error, k.bce_logits_partials), reduction, input, target,
+                     (weight, pos_weight), _consts(input.dtype, 0, 1))
+
+    def binary_cross_entropy_with_logits_grad(self, input, target, weight, reduction,
+                                              pos_weight):
+        return _pointwise(_k().bce_logits_grad, (input, target), (weight, pos_weight),
+                          _consts(input.dtype, 1, _grad_scale(reduction, input.size)))
+
+    def nll_loss(self, input, target, weight, ignore_index, reduction):
+        k = _k()
+        n, dt = input.shape[0], input.dtype
+        io = _IO(input, weight)
+        loss = io.empty(n, dt) if reduction == "none" else None
+        total, count = 0.0, 0.0
+        if n:
+            x = io.put(input)
+            args = (x, io.put(target), *_class_weight(io, weight, _flat(x)), ignore_index,
+                    *_consts(dt, 0, 1))
+            if reduction == "none":
+                _launch_1d(k.nll_rows, n, *args, loss)
+            else:  # one fused pass: the loss sum and the kept rows' weight sum
+                total, count = _block_partials(k.nll_partials, n, *args, parts=2)
+        if reduction == "none":
+            return io.get(loss)
+        return float(total) if reduction == "sum" else _mean(total, count)
+
+    def nll_loss_grad(self, input, target, weight, ignore_index, reduction):
+        k = _k()
+        n, dt = input.shape[0], input.dtype
+        io = _IO(input, weight)
+        grad = io.empty(input.shape, dt)
+        if n:  # the gradient does not depend on input's values: they never go to the device
+            head = (io.put(target), *_class_weight(io, weight, _flat(grad)), ignore_index)
+            coef = 1.0
+            if reduction == "mean":
+                count = _block_partials(k.nll_weight_partials, n, *head, *_consts(dt, 0, 1))
+                with np.errstate(divide="ignore"):
+                    coef = np.float64(1.0) / np.float64(count)
+            with np.errstate(over="ignore"):
+                consts = _consts(dt, 0, 1, coef)
+            _launch_1d(k.nll_grad, grad.size, *head, *consts, grad)
+        return io.get(grad)
+
+    def kl_div(self, input, target, reduction, log_target):
+        k = _k()
+        count = self._kl_scale(input, reduction) if reduction != "sum" else None
+        return _loss((k.kl_div_error, k.kl_div_partials), reduction, input, target,
+                     tail=(bool(log_target), input.dtype.type(0)), count=count)
+
+    def kl_div_grad(self, input, target, reduction, log_target):
+        count = self._kl_scale(input, reduction)
+        scale = input.dtype.type(1.0 / count) if count else input.dtype.type(1)
+        io = _IO(input, target)
+        out = io.empty(target.shape, target.dtype)
+        if out.size:  # only the target is read
+            _launch_1d(_k().kl_div_grad, out.size, _flat(io.put(target)), bool(log_target),
+                       -scale, _flat(out))
+        return io.get(out)
+
     # ------------------------------------------------------------- optim
     def sgd_step(self, param, grad, momentum_buffer, step, lr, momentum, dampening,
                  weight_decay, nesterov, maximize):
@@ -400,3 +534,68 @@ class CudaBackend(ReferenceBackend):
 
     def unstandardize(self, X, offset, scale):
         return _affine(X, offset, scale, True)
+
+    def column_minmax(self, X):
+        k = _k()
+        io = _IO(X)
+        n, F = X.shape
+        out = io.empty((2, F), _F64)
+        if F:
+            gx, gy = _column_grid(n, F)
+            part = io.empty((2, gy, F), _F64)
+            k.col_minmax_partial[(gx, gy), (k.COL_X, k.COL_Y)](io.put(X), part,
+                                                               X.dtype.type(np.inf))
+            _launch_1d(k.col_minmax_merge, F, part, out)
+        out = io.get(out)
+        return out[0], out[1]
+
+    def column_quantiles(self, X, q):
+        k = _k()
+        io = _IO(X)
+        n, F = X.shape
+        nq = q.size
+        out = io.empty((nq, F), _F64)
+        if F and nq:
+            T = 2 * nq  # targets: the two order statistics around each quantile
+            key, (sign, mag, inf, ones) = _key_consts(X.dtype)
+            x = io.put(X)
+            dq = io.put(q if _is_device(q) else np.asarray(q, np.float64))
+            gx, gy = _column_grid(n, F)
+            observed = io.empty((gy, F), np.int64)
+            k.col_observed_partial[(gx, gy), (k.COL_X, k.COL_Y)](x, observed)
+            count = io.empty(F, np.int64)
+            rank = io.empty((T, F), np.int64)
+            prefix = io.empty((T, F), key)
+            _launch_1d(k.quantile_ranks, nq * F, observed, dq, count, rank, prefix,
+                       key.type(0))
+            vals = io.empty((T, F), X.dtype)
+            if n:  # else every column is unobserved: NaN without selecting
+                bits, vbits = x.view(key), vals.view(key)
+                part = io.empty((gy, T, F), np.int64)
+                grid = (gx, gy, _cdiv(T, k.QG))
+                found = 0
+                for b in range(8 * key.itemsize - 1, -1, -1):
+                    bit = 1 << b
+                    k.quantile_count[grid, (k.COL_X, k.COL_Y)](
+                        bits, prefix, key.type(found | bit), part, sign, mag, inf, ones)
+                    _launch_1d(k.quantile_merge, T * F, part, rank, prefix, key.type(bit),
+                               b == 0, vbits, sign, ones)
+                    found |= bit
+            _launch_1d(k.quantile_lerp, nq * F, vals, dq, count, out)
+        return io.get(out)
+
+    def normalize_rows(self, X, norm):
+        io = _IO(X)
+        out = io.empty(X.shape, X.dtype)
+        _launch_rows(_k().normalize_rows, *X.shape, io.put(X), out, _NORM_KIND[norm],
+                     *_consts(X.dtype, 10 * np.finfo(X.dtype).eps, 1))
+        return io.get(out)
+
+    def polynomial_features(self, X, left, right, keep):
+        io = _IO(X)
+        out = io.empty((X.shape[0], keep.size), X.dtype)
+        if out.size:
+            _launch_1d(_k().polynomial_features, out.size, io.put(X),
+                       *[io.put(a if _is_device(a) else np.asarray(a, np.int64))
+                         for a in (left, right, keep)], out, X.dtype.type(1))
+        return io.get(out)

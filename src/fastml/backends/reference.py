@@ -468,6 +468,8 @@ class ReferenceBackend:
         when ``g >= 0.5`` (NumPy's lerp). The accelerated backends select
         (no full sort per column).
         """
+        if X.shape[0] == 0:  # np.nanquantile collapses the q axis of an empty X
+            return np.full((q.size, X.shape[1]), np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             out = np.nanquantile(X.astype(np.float64), q, axis=0)

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from sklearn import datasets
 from sklearn import preprocessing as skp
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from fastml import _config
 from fastml.preprocessing import LabelEncoder
 
 from preprocessing_support import backend_fixture
@@ -25,9 +26,23 @@ LABELS = {
 }
 
 
-@parametrize_with_checks([LabelEncoder()])
-def test_sklearn_estimator_checks(backend, estimator, check):
-    check(estimator)
+def test_tags_declare_a_one_d_target_transformer():
+    """As scikit-learn's own LabelEncoder: check_estimator skips it for these tags
+    (it takes y, not X), so the tags themselves are what is checked."""
+    ours, ref = LabelEncoder().__sklearn_tags__(), skp.LabelEncoder().__sklearn_tags__()
+    assert not ours.input_tags.two_d_array and ours.target_tags.one_d_labels
+    assert ours.input_tags == ref.input_tags and ours.target_tags == ref.target_tags
+    assert clone(LabelEncoder()).get_params() == {}
+
+
+def test_encode_values_next_to_a_nan_category(backend):
+    """Values absent from categories that end in NaN: -1, not NaN's position."""
+    values = np.array([5.0, np.inf, np.nan, 1.0, -3.0, 1e300])
+    codes = _config.instance(backend).encode_values(values, np.array([1.0, 2.0, np.nan]))
+    np.testing.assert_array_equal(codes, [-1, -1, 2, 0, -1, -1])
+    ints = np.array([7, 1, -4, 3], dtype=np.int64)
+    codes = _config.instance(backend).encode_values(ints, np.array([-4, 3], dtype=np.int64))
+    np.testing.assert_array_equal(codes, [-1, -1, 0, 1])
 
 
 @pytest.mark.parametrize("name", LABELS)

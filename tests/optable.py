@@ -285,6 +285,33 @@ def quantile_inputs(draw, dtype):
     return {**draw(columns_inputs(dtype)), "q": np.array(q)}
 
 
+def _label_values(draw, dtype, n):
+    """Labels as the encoding kernels take them: small int64 values for the float32
+    parametrization, float64 values with repeats, NaN and +-inf for float64."""
+    if np.dtype(dtype) == np.float32:
+        return draw(hnp.arrays(np.int64, (n,), elements=st.integers(-6, 6)))
+    return draw(hnp.arrays(np.float64, (n,), elements=st.one_of(
+        st.sampled_from([0.0, -0.0, 1.5, -2.0, 1e300, math.nan, math.inf, -math.inf]),
+        st.floats(-5, 5))))
+
+
+@st.composite
+def unique_inputs(draw, dtype):
+    return {"values": _label_values(draw, dtype, draw(st.integers(0, 30)))}
+
+
+@st.composite
+def encode_inputs(draw, dtype):
+    categories = np.unique(_label_values(draw, dtype, draw(st.integers(0, 8))))
+    return {"values": _label_values(draw, dtype, draw(st.integers(0, 30))),
+            "categories": categories}
+
+
+def _labels_bench(dtype):
+    """1,000,000 int64 labels of 100 categories (the encoders' benchmark case)."""
+    return {"values": np.random.default_rng(0).integers(0, 100, 1_000_000)}
+
+
 @st.composite
 def polynomial_inputs(draw, dtype):
     from fastml.preprocessing._polynomial import product_table
@@ -585,6 +612,10 @@ ROWS = [
         bench=lambda t: {**_columns_bench(t), "norm": "l2"}),
     Row("preprocessing.polynomial_features", _kernel("polynomial_features"), polynomial_inputs,
         bench=_polynomial_bench),
+    Row("preprocessing.unique_counts", _kernel("unique_counts"), unique_inputs,
+        bench=_labels_bench),
+    Row("preprocessing.encode_values", _kernel("encode_values"), encode_inputs,
+        bench=lambda t: {**_labels_bench(t), "categories": np.unique(_labels_bench(t)["values"])}),
     Row("preprocessing.standardize", _kernel("standardize"),
         lambda t: columns_inputs(t, with_scale=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),

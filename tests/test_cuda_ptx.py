@@ -20,7 +20,9 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 # Argument kinds: f1/f2 arrays of the dtype (1-D / 2-D, C order), d1/d2/d3 float64
 # arrays, i1/i2/i3 int64 arrays, s a scalar of the dtype, i an int64 scalar, b a bool;
-# k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array.
+# k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array;
+# u / u1 uint64 scalar / 1-D array (label keys); v1 1-D labels, as the label ops'
+# property tests draw them: int64 in the float32 run, float64 in the float64 run.
 UNARY = ("f1", "f1", "s")
 BINARY = ("f1", "f1", "f1", "s")
 PARTIALS = ("f1", "f1", "s", "s", "d1")
@@ -68,6 +70,17 @@ KERNELS = {
     "normalize_rows": ("f2", "f2", "i", "s", "s"),
     "polynomial_features": ("f2", "i1", "i1", "i1", "f2", "s"),
     "gemm": ("f2", "f2", "f1", "f2", "b", "b", "b", "s"),
+    "label_encode": ("v1", "v1", "i1"),
+    "label_minmax_partial": ("i1", "i1", "i2"),
+    "zero_int64": ("i1",),
+    "label_histogram": ("i1", "i", "i1"),
+    "label_keys": ("u1", "b", "u1", "u", "u", "u", "u"),
+    "bitonic_step": ("u1", "i", "i"),
+    "head_count": ("u1", "i", "b", "u", "i1"),
+    "head_offsets": ("i1", "i1"),
+    "head_scatter": ("u1", "i", "b", "u", "i1", "i1"),
+    "hist_emit": ("i1", "i1", "i", "i1", "i1"),
+    "run_emit": ("u1", "i1", "i", "b", "u", "u", "u1", "i1"),
 }
 
 
@@ -80,6 +93,8 @@ def _signature(kinds, dtype):
         "d1": types.float64[::1], "d2": types.float64[:, ::1], "d3": types.float64[:, :, ::1],
         "i1": types.int64[::1], "i2": types.int64[:, ::1], "i3": types.int64[:, :, ::1],
         "i": types.int64, "b": types.boolean, "k": u, "k2": u[:, ::1],
+        "u": types.uint64, "u1": types.uint64[::1],
+        "v1": (types.int64 if dtype == "float32" else types.float64)[::1],
     }
     return tuple(table[k] for k in kinds)
 
@@ -223,3 +238,40 @@ def test_device_arrays_in_device_arrays_out():
     be.adam_step(*dev, None, **kw)
     for d, w in zip(dev, want):
         np.testing.assert_allclose(d.copy_to_host(), w, rtol=1e-12, atol=1e-12)
+    labels = [np.array([3, -1, 3, 9, 2**40]), np.array([2.5, np.nan, -0.0, 0.0, np.nan])]
+    for y in labels:  # int64 (sorted: wide range) and float64 labels stay on the device
+        cats = np.unique(y[:3])
+        for got, want in [(be.unique_counts(cuda.to_device(y)), ref.unique_counts(y)),
+                          ((be.encode_values(cuda.to_device(y), cuda.to_device(cats)),),
+                           (ref.encode_values(y, cats),))]:
+            for g, w in zip(got, want):
+                assert not isinstance(g, np.ndarray), "a label op came back to the host"
+                np.testing.assert_array_equal(g.copy_to_host(), w)
+
+
+@pytest.mark.skipif(not (SIMULATOR or _real_gpu()), reason="needs the CUDA simulator or a GPU")
+@pytest.mark.parametrize("case", ["hist", "wide-int", "int64-extremes", "float", "zeros-nan",
+                                  "one", "pow2"])
+def test_unique_counts_paths(case):
+    """Both unique_counts paths (histogram of a small int range; bitonic sort of keys for
+    wide ints and floats), sizes around the sort's power-of-two padding, -0.0 == 0.0,
+    NaNs as one value, sorted last; encode_values on the same labels."""
+    from fastml.backends.numba_cuda import CudaBackend
+    from fastml.backends.reference import ReferenceBackend
+    rng = np.random.default_rng(len(case))
+    i64 = np.iinfo(np.int64)
+    y = {"hist": rng.integers(-20, 20, 77),
+         "wide-int": rng.integers(-10**15, 10**15, 45) // 10**13 * 10**13,
+         "int64-extremes": np.array([i64.max, i64.min, 0, -1, i64.max, i64.min + 1]),
+         "float": rng.normal(size=70).round(1),
+         "zeros-nan": np.array([0.0, np.nan, -0.0, -np.inf, np.inf, np.nan, -0.0, 1e-300]),
+         "one": np.array([7.0]),
+         "pow2": rng.integers(0, 3, 32) * 1e10}[case]
+    got, want = CudaBackend().unique_counts(y), ReferenceBackend().unique_counts(y)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+    for cats in (want[0], want[0][::2], want[0][:0]):
+        cats = np.ascontiguousarray(cats)
+        np.testing.assert_array_equal(CudaBackend().encode_values(y, cats),
+                                      ReferenceBackend().encode_values(y, cats))

@@ -11,7 +11,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, NAN, fabs, floor, sqrt
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memset
 
@@ -699,3 +699,281 @@ def polynomial_features(const floating[:, ::1] X, const int64_t[::1] left,
         free(full)
     if failed:
         raise MemoryError()
+
+
+# ------------------------------------------------------ unique_counts / encode_values
+# The encoders' kernels, over 1-D int64 or float64 labels. Integers whose span
+# (max - min + 1) is small next to the number of values take sort-free dense paths:
+#
+# * unique_counts counts into a table indexed by value - min when the span is at most
+#   n + DENSE_MIN_SPAN (the table costs no more than the values; DENSE_MIN_SPAN = 4096
+#   entries, 32 KiB, is cheaper than any sort's fixed cost, so small inputs with a
+#   small span count too). Threads count contiguous chunks into their own tables when
+#   each chunk is at least DENSE_CHUNK_RATIO spans long (then the tables' zeroing and
+#   merging stay a small fraction of the counting), and the tables are summed. A span
+#   up to DENSE_LANES_SPAN (four 64 KiB tables, cache-resident) counts into four
+#   interleaved sub-tables per chunk, so repeats of one value don't serialize.
+#   Otherwise (floats, wide spans) NumPy sorts a copy, exactly as np.unique does (so
+#   which of -0.0 / 0.0 represents their run is the same) and a compiled pass
+#   run-length encodes it, every NaN in the final run.
+# * encode_values looks codes up in an int32 table over the categories' span when the
+#   span is at most 2 * n + DENSE_MIN_LOOKUP (the table's fill, at most 8 n bytes plus
+#   256 KiB, is paid back by lookups that replace a log2(m)-step binary search);
+#   otherwise each value binary-searches the non-NaN categories (branch-free) and a
+#   NaN maps to the first NaN category. Values run in parallel above PAR_MIN_WORK.
+#
+# Spans are taken in uint64 arithmetic, so the extremes of int64 never overflow, and
+# value - min in uint64 is below the span exactly when min <= value <= max: a single
+# comparison bounds every table access.
+cdef enum:
+    DENSE_MIN_SPAN = 4096
+    DENSE_CHUNK_RATIO = 4
+    DENSE_LANES_SPAN = 8192
+    DENSE_MIN_LOOKUP = 65536
+
+ctypedef fused label_t:
+    int64_t
+    double
+
+
+cdef void _int_minmax_range(const int64_t* v, Py_ssize_t lo, Py_ssize_t hi,
+                            int64_t* out) noexcept nogil:
+    """(min, max) of v[lo:hi] (non-empty) into out[0], out[1]: four independent
+    (min, max) pairs of conditional moves, so the loop is not one dependency chain."""
+    cdef int64_t a0 = v[lo], a1 = v[lo], a2 = v[lo], a3 = v[lo], x
+    cdef int64_t b0 = v[lo], b1 = v[lo], b2 = v[lo], b3 = v[lo]
+    cdef Py_ssize_t i = lo + 1
+    while i + 4 <= hi:
+        x = v[i]
+        a0 = x if x < a0 else a0
+        b0 = x if x > b0 else b0
+        x = v[i + 1]
+        a1 = x if x < a1 else a1
+        b1 = x if x > b1 else b1
+        x = v[i + 2]
+        a2 = x if x < a2 else a2
+        b2 = x if x > b2 else b2
+        x = v[i + 3]
+        a3 = x if x < a3 else a3
+        b3 = x if x > b3 else b3
+        i += 4
+    while i < hi:
+        x = v[i]
+        a0 = x if x < a0 else a0
+        b0 = x if x > b0 else b0
+        i += 1
+    a0 = a1 if a1 < a0 else a0
+    a2 = a3 if a3 < a2 else a2
+    b0 = b1 if b1 > b0 else b0
+    b2 = b3 if b3 > b2 else b2
+    out[0] = a2 if a2 < a0 else a0
+    out[1] = b2 if b2 > b0 else b0
+
+
+cdef void _int_minmax(const int64_t* v, Py_ssize_t n, int num_threads,
+                      int64_t* lo, int64_t* hi) noexcept nogil:
+    """(min, max) of v[:n], n > 0; threads take contiguous chunks above PAR_MIN_WORK."""
+    cdef Py_ssize_t c, nchunks = 1
+    cdef int64_t st[2 * 64]
+    if n >= PAR_MIN_WORK:
+        nchunks = max(1, min(num_threads, 64))
+    for c in prange(nchunks, schedule="static", num_threads=num_threads,
+                    use_threads_if=nchunks > 1):
+        _int_minmax_range(v, c * n // nchunks, (c + 1) * n // nchunks, &st[2 * c])
+    lo[0] = st[0]
+    hi[0] = st[1]
+    for c in range(1, nchunks):
+        if st[2 * c] < lo[0]:
+            lo[0] = st[2 * c]
+        if st[2 * c + 1] > hi[0]:
+            hi[0] = st[2 * c + 1]
+
+
+cdef void _count_range(const int64_t* v, Py_ssize_t lo, Py_ssize_t hi, uint64_t vmin,
+                       uint64_t span, Py_ssize_t lanes, int64_t* table) noexcept nogil:
+    """table[v - vmin] += 1 for v in v[lo:hi]. With lanes == 4, table holds four
+    sub-tables of span counts and consecutive values go to different ones, so a run of
+    equal values does not serialize on one counter. An index out of [0, span)
+    (impossible when vmin and span come from these values) is skipped, not written."""
+    cdef Py_ssize_t i = lo
+    cdef uint64_t d0, d1, d2, d3
+    if lanes == 4:
+        while i + 4 <= hi:
+            d0 = <uint64_t>v[i] - vmin
+            d1 = <uint64_t>v[i + 1] - vmin
+            d2 = <uint64_t>v[i + 2] - vmin
+            d3 = <uint64_t>v[i + 3] - vmin
+            if d0 < span:
+                table[d0] += 1
+            if d1 < span:
+                table[span + d1] += 1
+            if d2 < span:
+                table[2 * span + d2] += 1
+            if d3 < span:
+                table[3 * span + d3] += 1
+            i += 4
+    while i < hi:
+        d0 = <uint64_t>v[i] - vmin
+        if d0 < span:
+            table[d0] += 1
+        i += 1
+
+
+def _unique_counts_dense(const int64_t[::1] values, int64_t vmin, Py_ssize_t span,
+                         int num_threads):
+    """Sorted distinct values and counts of values, all within [vmin, vmin + span)."""
+    cdef Py_ssize_t n = values.shape[0], c, k, j, m = 0, nchunks = 1, ntables
+    cdef Py_ssize_t lanes = 4 if span <= DENSE_LANES_SPAN else 1
+    if n >= PAR_MIN_WORK:
+        nchunks = max(1, min(num_threads, n // (DENSE_CHUNK_RATIO * lanes * span)))
+    ntables = nchunks * lanes
+    tables = np.zeros((ntables, span), np.int64)  # calloc: zero pages
+    cdef int64_t[:, ::1] t = tables
+    cdef int64_t s
+    for c in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=nchunks > 1):
+        _count_range(&values[0], c * n // nchunks, (c + 1) * n // nchunks,
+                     <uint64_t>vmin, <uint64_t>span, lanes, &t[c * lanes, 0])
+    with nogil:
+        for j in range(span):
+            s = t[0, j]
+            for c in range(1, ntables):
+                s = s + t[c, j]
+            t[0, j] = s
+            m += s != 0
+    uniq = np.empty(m, np.int64)
+    counts = np.empty(m, np.int64)
+    cdef int64_t[::1] u = uniq, cnt = counts
+    with nogil:
+        k = 0
+        for j in range(span):
+            s = t[0, j]
+            if s != 0:
+                u[k] = <int64_t>(<uint64_t>vmin + <uint64_t>j)
+                cnt[k] = s
+                k += 1
+    return uniq, counts
+
+
+def _run_lengths(const label_t[::1] a):
+    """Distinct values and run lengths of the sorted a (NaNs last, one run): the first
+    element of each run represents it, as in np.unique."""
+    cdef Py_ssize_t n = a.shape[0], end = n, i, k, m = 0
+    dtype = np.int64 if label_t is int64_t else np.float64
+    if label_t is double:
+        while end > 0 and a[end - 1] != a[end - 1]:
+            end -= 1
+    with nogil:
+        if end > 0:
+            m = 1
+            for i in range(1, end):
+                m += a[i] != a[i - 1]
+        if end < n:
+            m += 1
+    uniq = np.empty(m, dtype)
+    counts = np.empty(m, np.int64)
+    cdef label_t[::1] u = uniq
+    cdef int64_t[::1] cnt = counts
+    cdef Py_ssize_t start = 0
+    with nogil:
+        k = 0
+        for i in range(1, end + 1):
+            if i == end or a[i] != a[i - 1]:
+                u[k] = a[start]
+                cnt[k] = i - start
+                k += 1
+                start = i
+        if end < n:
+            u[k] = a[end]
+            cnt[k] = n - end
+    return uniq, counts
+
+
+def unique_counts(values, int num_threads):
+    """Sorted distinct values of the contiguous 1-D int64 or float64 ``values`` and their
+    int64 counts: ``np.unique(values, return_counts=True)``."""
+    cdef const int64_t[::1] iv
+    cdef int64_t lo, hi
+    cdef Py_ssize_t n = values.shape[0]
+    if values.dtype == np.int64 and n > 0:
+        iv = values
+        with nogil:
+            _int_minmax(&iv[0], n, num_threads, &lo, &hi)
+        if <uint64_t>hi - <uint64_t>lo < <uint64_t>(n + DENSE_MIN_SPAN):
+            return _unique_counts_dense(iv, lo, <Py_ssize_t>(<uint64_t>hi - <uint64_t>lo) + 1,
+                                        num_threads)
+    return _run_lengths(np.sort(values))
+
+
+def _encode_dense(const int64_t[::1] values, const int64_t[::1] categories,
+                  int64_t[::1] out, Py_ssize_t span, int num_threads):
+    """out[i] = position of values[i] among categories (sorted, distinct, m < 2**31,
+    spanning [categories[0], categories[0] + span)), -1 where absent."""
+    cdef Py_ssize_t n = values.shape[0], m = categories.shape[0], i
+    cdef uint64_t vmin = <uint64_t>categories[0], d
+    table = np.full(span, -1, np.int32)
+    cdef int32_t[::1] t = table
+    with nogil:
+        for i in range(m - 1, -1, -1):  # backwards: a repeated category keeps its first code
+            d = <uint64_t>categories[i] - vmin
+            if d < <uint64_t>span:
+                t[d] = <int32_t>i
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=n >= PAR_MIN_WORK):
+        d = <uint64_t>values[i] - vmin
+        out[i] = t[d] if d < <uint64_t>span else -1
+
+
+cdef inline Py_ssize_t _lower_bound(const label_t* a, Py_ssize_t m, label_t x) noexcept nogil:
+    """First position in the sorted a[:m] (no NaN) whose value is not below x (m if none);
+    branch-free halving (the select compiles to a conditional move)."""
+    cdef Py_ssize_t base = 0, half
+    if m == 0:
+        return 0
+    while m > 1:
+        half = m >> 1
+        base = base + half if a[base + half - 1] < x else base
+        m -= half
+    return base + (a[base] < x)
+
+
+def _encode_search(const label_t[::1] values, const label_t[::1] categories,
+                   int64_t[::1] out, int num_threads):
+    """out[i] = position of values[i] among the sorted categories (NaN last), -1 where
+    absent; a NaN finds the first NaN category."""
+    cdef Py_ssize_t n = values.shape[0], m = categories.shape[0], real = m, i, p
+    cdef const label_t* c = &categories[0]
+    cdef label_t x
+    if label_t is double:
+        while real > 0 and categories[real - 1] != categories[real - 1]:
+            real -= 1
+    cdef int64_t nan_code = real if real < m else -1
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=n >= PAR_MIN_WORK):
+        x = values[i]
+        if label_t is double:
+            if x != x:
+                out[i] = nan_code
+                continue
+        p = _lower_bound(c, real, x)
+        out[i] = p if (p < real and c[p] == x) else -1
+
+
+def encode_values(values, categories, int64_t[::1] out, int num_threads):
+    """out (n,) int64 = the codes of the contiguous 1-D ``values`` in the sorted distinct
+    ``categories`` of the same dtype (int64 or float64), -1 where absent."""
+    cdef Py_ssize_t n = values.shape[0], m = categories.shape[0]
+    cdef const int64_t[::1] ic
+    cdef uint64_t span
+    if n == 0:
+        return
+    if m == 0:
+        out[:] = -1
+        return
+    if values.dtype == np.int64 and m <= INT32_MAX:
+        ic = categories
+        span = <uint64_t>ic[m - 1] - <uint64_t>ic[0]
+        if span < <uint64_t>(2 * n + DENSE_MIN_LOOKUP):
+            _encode_dense(values, ic, out, <Py_ssize_t>span + 1, num_threads)
+            return
+    _encode_search(values, categories, out, num_threads)

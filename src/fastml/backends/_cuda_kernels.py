@@ -32,6 +32,24 @@ count) when k is not below the count. All columns and up to ``QG`` targets per
 block-z are counted in the same pass, which reads X once; no data leaves the
 device and nothing is sorted. The selected values are interpolated in float64
 with NumPy's lerp, products rounded separately (no FMA contraction).
+
+Labels (1-D int64 / float64). ``encode_values`` is a grid-stride binary search
+(lower bound) of each value in the small sorted categories, in NumPy's order
+(NaN last and equal to NaN). ``unique_counts`` of int64 values first reduces
+min / max on the device; when the range is small against n it is a
+global-memory histogram (``cuda.atomic.add``) whose non-empty bins are then
+compacted in order. numba.cuda has no device sort (no CUB / Thrust binding), so
+wide int ranges and every float input take a bitonic sort of order-preserving
+uint64 keys in global memory (int64: sign bit flipped; float64: ``_order_key``
+with -0.0 keyed as 0.0 and every NaN as all ones, so NaNs form one run, last),
+padded to a power of two with all-ones keys (they sort after the n real keys,
+which stay the first n), one launch per (k, j) step: O(n log^2 n) work, all on
+the device. The run starts of the sorted keys are compacted in order; a run's
+count is the distance to the next start. Compaction (both paths): per-block
+counts over contiguous chunks, a one-thread prefix sum of the few block counts,
+then each block scatters its chunk through a shared-memory scan; only the
+number of distinct values comes to the host, to size the result. A shared-memory
+stage for the bitonic steps with j < blockDim would cut launches and traffic.
 """
 import math
 
@@ -1071,6 +1089,215 @@ def polynomial_features(X, left, right, keep, out, one):
             if f >= 0:
                 acc = acc * X[r, f]
         out[r, col] = acc
+
+
+# ------------------------------------------------------- preprocessing: labels
+# unique_counts / encode_values on 1-D int64 or float64 labels. See the module notes.
+@cuda.jit
+def label_encode(values, cats, codes):
+    """codes[i] = position of values[i] in the sorted distinct ``cats`` (NaN last), -1
+    where absent: a binary search (lower bound) per value, grid-stride.
+
+    Ordered as NumPy sorts: NaN above everything and equal to NaN; -0.0 == 0.0.
+    The comparisons work for int64 too (``v != v`` is never true there).
+    """
+    m = cats.size
+    for i in range(cuda.grid(1), values.size, cuda.gridsize(1)):
+        v = values[i]
+        lo = 0
+        hi = m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            c = cats[mid]
+            if c < v or (c == c and v != v):  # c sorts before v
+                lo = mid + 1
+            else:
+                hi = mid
+        code = -1
+        if lo < m:
+            c = cats[lo]
+            if c == v or (c != c and v != v):
+                code = lo
+        codes[i] = code
+
+
+@cuda.jit
+def label_minmax_partial(lo_in, hi_in, part):
+    """part[0, b] = min of lo_in, part[1, b] = max of hi_in over block b's grid-stride
+    share (int64, size > 0); launched again with one block on its own rows to merge."""
+    sh_lo = cuda.shared.array(MAX_TPB, int64)
+    sh_hi = cuda.shared.array(MAX_TPB, int64)
+    t = cuda.threadIdx.x
+    lo = lo_in[0]
+    hi = hi_in[0]
+    for i in range(cuda.grid(1), lo_in.size, cuda.gridsize(1)):
+        if lo_in[i] < lo:
+            lo = lo_in[i]
+        if hi_in[i] > hi:
+            hi = hi_in[i]
+    sh_lo[t] = lo
+    sh_hi[t] = hi
+    cuda.syncthreads()
+    h = cuda.blockDim.x // 2
+    while h > 0:
+        if t < h:
+            if sh_lo[t + h] < sh_lo[t]:
+                sh_lo[t] = sh_lo[t + h]
+            if sh_hi[t + h] > sh_hi[t]:
+                sh_hi[t] = sh_hi[t + h]
+        cuda.syncthreads()
+        h //= 2
+    if t == 0:
+        part[0, cuda.blockIdx.x] = sh_lo[0]
+        part[1, cuda.blockIdx.x] = sh_hi[0]
+
+
+@cuda.jit
+def zero_int64(a):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = 0
+
+
+@cuda.jit
+def label_histogram(values, lo, hist):
+    """hist[v - lo] += 1 for every value (global-memory atomics; hist zeroed first)."""
+    for i in range(cuda.grid(1), values.size, cuda.gridsize(1)):
+        cuda.atomic.add(hist, values[i] - lo, 1)
+
+
+@cuda.jit
+def label_keys(bits, is_float, keys, sign, mag, inf, ones):
+    """keys[i] = order-preserving uint64 key of value i (``bits``: the values viewed as
+    uint64); keys[n:] = all ones (padding to the sort's power of two, never read back).
+
+    int64: the sign bit flipped. float64: ``_order_key``, with -0.0 keyed as 0.0 and
+    every NaN as all ones (one run, last), NumPy's equal_nan.
+    """
+    n = bits.size
+    for i in range(cuda.grid(1), keys.size, cuda.gridsize(1)):
+        if i >= n:
+            keys[i] = ones
+        elif is_float:
+            u = bits[i]
+            keys[i] = sign if not (u & mag) else _order_key(u, sign, mag, inf, ones)
+        else:
+            keys[i] = bits[i] ^ sign
+
+
+@cuda.jit
+def bitonic_step(keys, j, k):
+    """One compare-exchange step (k, j) of an ascending bitonic sort of ``keys``
+    (power-of-two size), in global memory: one thread per pair (i, i + j)."""
+    half = keys.size // 2
+    for t in range(cuda.grid(1), half, cuda.gridsize(1)):
+        i = ((t // j) * 2) * j + t % j
+        a = keys[i]
+        b = keys[i + j]
+        if (a > b) if (i & k) == 0 else (a < b):
+            keys[i] = b
+            keys[i + j] = a
+
+
+@cuda.jit(device=True)
+def _is_head(src, i, runs, zero):
+    """Whether item i is kept by the compaction: the start of a run of equal sorted keys
+    (``runs``), else a non-empty histogram bin."""
+    if runs:
+        return i == 0 or src[i] != src[i - 1]
+    return src[i] != zero
+
+
+@cuda.jit(device=True)
+def _chunk(n):
+    """[start, end) of this block's contiguous share of n items.
+
+    (No ``min``: under compile_ptx without a GPU, numba 0.68 fails to type the
+    builtin on two ints, "2 argument types given, but function takes 1 arguments".)
+    """
+    size = (n + cuda.gridDim.x - 1) // cuda.gridDim.x
+    start = cuda.blockIdx.x * size
+    end = start + size
+    return start, (end if end < n else n)
+
+
+@cuda.jit
+def head_count(src, n, runs, zero, counts):
+    """counts[b] = kept items (``_is_head``) among the first n of ``src`` in block b's chunk."""
+    sh = cuda.shared.array(MAX_TPB, int64)
+    start, end = _chunk(n)
+    c = 0
+    for i in range(start + cuda.threadIdx.x, end, cuda.blockDim.x):
+        if _is_head(src, i, runs, zero):
+            c += 1
+    total = _block_sum(sh, c)
+    if cuda.threadIdx.x == 0:
+        counts[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def head_offsets(counts, offsets):
+    """offsets[b] = exclusive prefix sum of the (few) block counts, offsets[-1] = total:
+    one thread."""
+    if cuda.grid(1) == 0:
+        acc = 0
+        for b in range(counts.size):
+            offsets[b] = acc
+            acc += counts[b]
+        offsets[counts.size] = acc
+
+
+@cuda.jit
+def head_scatter(src, n, runs, zero, offsets, idx):
+    """idx[offsets[b] + r] = index of the r-th kept item of block b's chunk, in order:
+    the block walks its chunk a blockDim tile at a time, places each tile's kept items
+    by a shared-memory inclusive scan (Hillis-Steele) of their flags."""
+    sh = cuda.shared.array(MAX_TPB, int64)
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    start, end = _chunk(n)
+    base = offsets[cuda.blockIdx.x]
+    for s in range(start, end, nt):  # the same trip count for the whole block
+        i = s + t
+        f = 1 if i < end and _is_head(src, i, runs, zero) else 0
+        sh[t] = f
+        cuda.syncthreads()
+        d = 1
+        while d < nt:
+            v = sh[t - d] if t >= d else 0
+            cuda.syncthreads()
+            sh[t] += v
+            cuda.syncthreads()
+            d *= 2
+        incl = sh[t]
+        total = sh[nt - 1]
+        cuda.syncthreads()
+        if f:
+            idx[base + incl - 1] = i
+        base += total
+
+
+@cuda.jit
+def hist_emit(hist, idx, lo, vals, counts):
+    """Distinct value and count p from the p-th non-empty histogram bin idx[p]."""
+    for p in range(cuda.grid(1), idx.size, cuda.gridsize(1)):
+        i = idx[p]
+        vals[p] = lo + i
+        counts[p] = hist[i]
+
+
+@cuda.jit
+def run_emit(keys, idx, n, is_float, sign, ones, vbits, counts):
+    """Distinct value p (its bits, into ``vbits``: the output viewed as uint64) from the
+    key of the run starting at idx[p] of the sorted keys; its count, the run's length."""
+    D = idx.size
+    for p in range(cuda.grid(1), D, cuda.gridsize(1)):
+        i = idx[p]
+        counts[p] = (idx[p + 1] if p + 1 < D else n) - i
+        key = keys[i]
+        if is_float:
+            vbits[p] = key ^ sign if key & sign else key ^ ones
+        else:
+            vbits[p] = key ^ sign
 
 
 # ---------------------------------------------------------------------- GEMM

@@ -1314,3 +1314,162 @@ def polynomial_features(X, runs, keep, offset, n_full, out, nchunks):
             else:
                 for i in range(kk):
                     o[i] = full[keep[i]]
+
+
+# ------------------------------------------------- encoders: unique and encode
+# 1-D int64 or float64 labels. Labels are mostly integers of a small range
+# (class ids), which a dense table counts and looks up in O(n + range), with no
+# sort; ``numba_cpu`` picks that path by the range and falls back to a sort
+# (NumPy's) and run-length pass, or a binary search per value.
+@twin
+def int_range(values, nchunks):
+    """(min, max) of non-empty int64 values, per chunk of the flat array."""
+    n = values.size
+    lo = np.empty(nchunks, np.int64)
+    hi = np.empty(nchunks, np.int64)
+    for k in prange(nchunks):
+        a, b = _chunk(n, nchunks, k)
+        clo = values[0]
+        chi = values[0]
+        for i in range(a, b):
+            v = values[i]
+            clo = v if v < clo else clo
+            chi = v if v > chi else chi
+        lo[k] = clo
+        hi[k] = chi
+    return lo.min(), hi.max()
+
+
+@twin
+def float_scan(values, nchunks):
+    """(min, max) of the non-NaN float64 values ((inf, -inf) if none), the number
+    of NaNs and whether every non-NaN value is a finite integer other than -0.0
+    (the values a dense table can hold exactly)."""
+    n = values.size
+    lo = np.full(nchunks, np.inf)
+    hi = np.full(nchunks, -np.inf)
+    nan = np.zeros(nchunks, np.int64)
+    bad = np.zeros(nchunks, np.int64)
+    for k in prange(nchunks):
+        a, b = _chunk(n, nchunks, k)
+        clo, chi = np.inf, -np.inf
+        cnan = 0
+        cbad = 0
+        for i in range(a, b):
+            v = values[i]
+            isnan = v != v
+            cnan += isnan
+            # inf - floor(inf) is NaN, so != 0 also flags inf; -0.0 has its sign bit
+            cbad += (not isnan) and ((v - np.floor(v) != 0.0) or (v == 0.0 and np.signbit(v)))
+            clo = v if v < clo else clo
+            chi = v if v > chi else chi
+        lo[k], hi[k], nan[k], bad[k] = clo, chi, cnan, cbad
+    return lo.min(), hi.max(), nan.sum(), bad.sum() == 0
+
+
+@twin
+def count_dense(values, lo, size, nchunks):
+    """How often each of lo, lo + 1, ..., lo + size - 1 occurs in values (int64
+    (size,)); NaNs skipped. Every non-NaN value must be one of them. A chunk of
+    values per thread counts into its own table, merged at the end; with tables
+    too big for that (size * nchunks > n), one serial pass."""
+    n = values.size
+    if size * nchunks > n:
+        nchunks = 1
+    # rows padded to whole 64-byte lines and one apart: no false sharing
+    counts = np.zeros((nchunks, (size + 15) // 8 * 8), np.int64)
+    for k in prange(nchunks):
+        a, b = _chunk(n, nchunks, k)
+        c = counts[k]
+        for i in range(a, b):
+            v = values[i]
+            if v == v:
+                c[np.uint64(v - lo)] += 1  # unsigned: no wrap-around check
+    total = counts[0, :size]
+    for k in range(1, nchunks):
+        for j in range(size):
+            total[j] += counts[k, j]
+    return total
+
+
+@kernel
+def dense_uniques(counts, lo, nan, like):
+    """(values, counts) of the non-zero entries of a dense table whose slot j
+    holds value lo + j, in ``like``'s dtype; then NaN with count nan if nan > 0."""
+    nnz = 0
+    for j in range(counts.size):
+        nnz += counts[j] != 0
+    extra = 1 if nan > 0 else 0
+    uniq = np.empty(nnz + extra, like.dtype)
+    cnt = np.empty(nnz + extra, np.int64)
+    i = 0
+    for j in range(counts.size):
+        if counts[j] != 0:
+            uniq[i] = lo + j
+            cnt[i] = counts[j]
+            i += 1
+    if extra:
+        uniq[nnz] = np.nan
+        cnt[nnz] = nan
+    return uniq, cnt
+
+
+@kernel
+def sorted_uniques(s):
+    """(first value of each run, run length) of sorted s (NaN last): the runs of
+    equal values, all NaNs forming one run, as ``np.unique(..., equal_nan=True)``."""
+    n = s.size
+    runs = 1 if n else 0
+    for i in range(1, n):
+        a, b = s[i - 1], s[i]
+        runs += a != b and (a == a or b == b)
+    uniq = np.empty(runs, s.dtype)
+    cnt = np.empty(runs, np.int64)
+    if n == 0:
+        return uniq, cnt
+    r, start = 0, 0
+    for i in range(1, n):
+        a, b = s[i - 1], s[i]
+        if a != b and (a == a or b == b):
+            uniq[r] = s[start]
+            cnt[r] = i - start
+            r += 1
+            start = i
+    uniq[r] = s[start]
+    cnt[r] = n - start
+    return uniq, cnt
+
+
+@twin
+def encode_dense(values, lo, hi, table, nan_code, out):
+    """out[i] = table[values[i] - lo] for values in [lo, hi] that are integers
+    (table holds -1 for integers that are no category), nan_code for NaN, else -1."""
+    for i in prange(values.size):
+        v = values[i]
+        code = nan_code
+        if v == v:
+            code = -1
+            if v >= lo and v <= hi:
+                d = v - lo
+                j = np.int64(d)
+                if j == d:
+                    code = table[np.uint64(j)]
+        out[i] = code
+
+
+@twin
+def encode_sorted(values, categories, m, nan_code, out):
+    """Binary search of each value in the m > 0 sorted non-NaN categories: its
+    position where equal, nan_code for NaN, else -1. Branch-free lower bound
+    (the halving step is a conditional move), since random values would
+    mispredict half the branches of the textbook loop."""
+    for i in prange(values.size):
+        v = values[i]
+        base, n = 0, m
+        while n > 1:
+            half = n >> 1
+            base = base + half if categories[base + half] < v else base
+            n -= half
+        base += categories[base] < v
+        code = base if base < m and categories[base] == v else -1
+        out[i] = code if v == v else nan_code

@@ -309,3 +309,13 @@ class CythonBackend(ReferenceBackend):
         _preprocessing.polynomial_features(X, _index(left), _index(right), _index(keep), out,
                                            get_num_threads())
         return out
+
+    def unique_counts(self, values):
+        return _preprocessing.unique_counts(np.ascontiguousarray(values), get_num_threads())
+
+    def encode_values(self, values, categories):
+        out = np.empty(values.shape, np.int64)
+        _preprocessing.encode_values(np.ascontiguousarray(values),
+                                     np.ascontiguousarray(categories), out,
+                                     get_num_threads())
+        return out

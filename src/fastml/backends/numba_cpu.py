@@ -47,13 +47,14 @@ def _parallel_slot():
             _launch_lock.release()
 
 
-def _run(twin, size, *args, chunked=False):
-    """Run the parallel twin for big inputs when allowed, else the serial one.
+def _run(twin, size, *args, chunked=False, parallel_min=PARALLEL_MIN):
+    """Run the parallel twin for big inputs (``size >= parallel_min``) when
+    allowed, else the serial one.
 
     ``chunked`` kernels take the number of row chunks (one per thread) last.
     """
     threads = min(_config.get_num_threads(), _numba_config.NUMBA_NUM_THREADS)
-    if size >= PARALLEL_MIN and threads > 1:
+    if size >= parallel_min and threads > 1:
         with _parallel_slot() as ok:
             if ok:
                 numba.set_num_threads(threads)
@@ -390,8 +391,76 @@ class NumbaBackend(ReferenceBackend):
                  int(keep[0]) if contiguous else -1, left.size, out, chunked=True)
         return out
 
+    @op("preprocessing")
+    def unique_counts(self, values):
+        n = values.size
+        if n == 0:
+            return values.copy(), np.zeros(0, np.int64)
+        if values.dtype == np.int64:
+            lo, hi = _run(K.int_range, n, values, chunked=True,
+                          parallel_min=DENSE_PARALLEL_MIN)
+            nan, exact = 0, True
+        else:
+            lo, hi, nan, exact = _run(K.float_scan, n, values, chunked=True,
+                                      parallel_min=DENSE_PARALLEL_MIN)
+            if nan == n:
+                return values[:1].copy(), np.array([n], np.int64)
+        if exact and _dense(lo, hi, n):
+            size = int(hi) - int(lo) + 1
+            lo = values.dtype.type(lo)
+            counts = _run(K.count_dense, n, values, lo, size, chunked=True,
+                          parallel_min=DENSE_PARALLEL_MIN)
+            return K.dense_uniques(counts, lo, nan, values)
+        return K.sorted_uniques(np.sort(values))  # NumPy's sort: np.unique's own
+
+    @op("preprocessing")
+    def encode_values(self, values, categories):
+        out = np.empty(values.shape, np.int64)
+        m = categories.size
+        if m and categories.dtype.kind == "f" and np.isnan(categories[-1]):
+            nan_code, m = m - 1, m - 1  # the NaN category, last
+        else:
+            nan_code = -1
+        cats = categories[:m]
+        if m == 0:
+            out.fill(-1)
+            if nan_code >= 0:
+                out[np.isnan(values)] = nan_code
+            return out
+        lo, hi = cats[0], cats[-1]
+        exact = cats.dtype.kind == "i" or bool(np.isfinite(lo) and np.isfinite(hi)
+                                                and (np.floor(cats) == cats).all())
+        if exact and _dense(lo, hi, values.size):
+            table = np.full(int(hi) - int(lo) + 1, -1, np.int64)
+            table[(cats - lo).astype(np.int64)] = np.arange(m)
+            _run(K.encode_dense, values.size, values, lo, hi, table, nan_code, out,
+                 parallel_min=DENSE_PARALLEL_MIN)
+        else:
+            _run(K.encode_sorted, values.size, values, cats, m, nan_code, out)
+        return out
+
 
 _NORMS = {"l1": 0, "l2": 1, "max": 2}
+
+# The encoders' dense-table paths (``unique_counts``, ``encode_values``) run when
+# the integer values span at most n + DENSE_SLACK slots (n: the number of
+# values): a table no bigger than the input, counted or looked up in O(n + span)
+# without sorting; wider spans sort (NumPy) or binary-search the categories.
+DENSE_SLACK = 1024
+# The dense passes (range scan, counting, table lookup) cost about 0.5-1 ns per
+# value serially: below 4M values a whole pass takes a few ms at most, and an
+# OpenMP team gains at most the core count on it while exposing the call to
+# oversubscription (measured on a loaded 2-core machine, 1M labels: median
+# about even, 90th percentile 30 ms parallel vs 5 ms serial). The binary
+# search (tens of ns per value) keeps PARALLEL_MIN; the sort path is NumPy's
+# sort and one serial run-length pass.
+DENSE_PARALLEL_MIN = 1 << 22
+
+
+def _dense(lo, hi, n):
+    """Whether the integers lo..hi (int64, or integral float64) fit a dense table
+    for n values."""
+    return int(hi) - int(lo) + 1 <= n + DENSE_SLACK
 
 
 def _product_runs(left, right):

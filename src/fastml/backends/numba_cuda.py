@@ -15,8 +15,12 @@ partials array on the host. Column reductions (column_stats, column_minmax)
 write per-block partials that a second kernel merges on the device;
 column_quantiles is a radix select on the device (bit by bit over the
 floats' order-preserving integer keys, every column and quantile at once),
-described in ``_cuda_kernels``. Launch configurations come from one cached probe
-of the device; kernels compile once per dtype signature, on first use.
+described in ``_cuda_kernels``. unique_counts: a histogram with atomics for
+int64 labels of a small range (min / max reduced on the device first), else a
+bitonic sort of order-preserving keys in global memory (numba.cuda has no
+device sort); encode_values: a binary search per value. Launch configurations
+come from one cached probe of the device; kernels compile once per dtype
+signature, on first use.
 """
 from __future__ import annotations
 
@@ -304,6 +308,28 @@ def _key_consts(dtype):
     sign = 1 << (width - 1)
     inf = int(np.array(np.inf, dtype).view(key))
     return key, tuple(key.type(v) for v in (sign, sign - 1, inf, (1 << width) - 1))
+
+
+_HIST_SLACK = 1 << 16  # unique_counts: an int64 range up to 2 n + this many bins is histogrammed
+
+
+def _compact(src, n, runs, zero):
+    """Device int64 indices, in order, of the items i < n of the uint64 device array
+    ``src`` kept by ``_is_head`` (run starts of sorted keys when ``runs``, else non-empty
+    bins of a histogram viewed as uint64): per-block counts over contiguous chunks, their
+    prefix sum (one thread), then each block scatters its chunk's indices. Only the total comes to the host, to size the
+    result."""
+    k = _k()
+    _, tpb, _, max_blocks = _launch_limits()
+    blocks = min(_cdiv(n, tpb), max_blocks)
+    counts = _IO.empty(blocks, np.int64)
+    offsets = _IO.empty(blocks + 1, np.int64)
+    k.head_count[blocks, tpb](src, n, runs, zero, counts)
+    k.head_offsets[1, 1](counts, offsets)
+    total = int(offsets[blocks:].copy_to_host()[0])
+    idx = _IO.empty(total, np.int64)
+    k.head_scatter[blocks, tpb](src, n, runs, zero, offsets, idx)
+    return idx
 
 
 class CudaBackend(ReferenceBackend):
@@ -599,3 +625,59 @@ class CudaBackend(ReferenceBackend):
                        *[io.put(a if _is_device(a) else np.asarray(a, np.int64))
                          for a in (left, right, keep)], out, X.dtype.type(1))
         return io.get(out)
+
+    def unique_counts(self, values):
+        k = _k()
+        io = _IO(values)
+        n = values.size
+        if n == 0:
+            return io.get(io.empty(0, values.dtype)), io.get(io.empty(0, np.int64))
+        v = io.put(values)
+        if values.dtype.kind == "i":
+            # min / max on the device (per-block partials, merged by one block), then a
+            # histogram when the range is small against n.
+            _, tpb, _, max_blocks = _launch_limits()
+            blocks = min(_cdiv(n, tpb), max_blocks)
+            part = io.empty((2, blocks), np.int64)
+            k.label_minmax_partial[blocks, tpb](v, v, part)
+            lohi = io.empty((2, 1), np.int64)
+            k.label_minmax_partial[1, tpb](part[0], part[1], lohi)
+            lo, hi = (int(x) for x in lohi.copy_to_host()[:, 0])
+            bins = hi - lo + 1  # Python ints: no overflow
+            if bins <= 2 * n + _HIST_SLACK:
+                hist = io.empty(bins, np.int64)
+                _launch_1d(k.zero_int64, bins, hist)
+                _launch_1d(k.label_histogram, n, v, np.int64(lo), hist)
+                idx = _compact(hist.view(np.uint64), bins, False, np.uint64(0))
+                vals = io.empty(idx.size, np.int64)
+                counts = io.empty(idx.size, np.int64)
+                _launch_1d(k.hist_emit, idx.size, hist, idx, np.int64(lo), vals, counts)
+                return io.get(vals), io.get(counts)
+        # Sort the order-preserving keys (bitonic, padded to a power of two), then
+        # compact the starts of the runs of equal keys.
+        key, (sign, mag, inf, ones) = _key_consts(_F64)  # uint64 keys for int64 too
+        is_float = values.dtype.kind == "f"
+        size = 1 << (n - 1).bit_length()
+        keys = io.empty(size, key)
+        _launch_1d(k.label_keys, size, v.view(key), is_float, keys, sign, mag, inf, ones)
+        kk = 2
+        while kk <= size:
+            j = kk // 2
+            while j >= 1:
+                _launch_1d(k.bitonic_step, size // 2, keys, j, kk)
+                j //= 2
+            kk *= 2
+        idx = _compact(keys, n, True, key.type(0))
+        vals = io.empty(idx.size, values.dtype)
+        counts = io.empty(idx.size, np.int64)
+        _launch_1d(k.run_emit, idx.size, keys, idx, n, is_float, sign, ones, vals.view(key),
+                   counts)
+        return io.get(vals), io.get(counts)
+
+    def encode_values(self, values, categories):
+        io = _IO(values, categories)
+        codes = io.empty(values.shape, np.int64)
+        if values.size:
+            _launch_1d(_k().label_encode, values.size, _flat(io.put(values)),
+                       _flat(io.put(categories)), _flat(codes))
+        return io.get(codes)

@@ -476,6 +476,26 @@ class ReferenceBackend:
         return out.reshape(q.size, X.shape[1])
 
     @op("preprocessing")
+    def unique_counts(self, values):
+        """Sorted distinct values of a 1-D int64 or float64 array and how often each
+        occurs (int64): ``np.unique(values, return_counts=True)``; every NaN counts
+        as one value, sorted last (NumPy's ``equal_nan``)."""
+        return np.unique(values, return_counts=True)
+
+    @op("preprocessing")
+    def encode_values(self, values, categories):
+        """Position of each value in ``categories`` (sorted distinct values of the
+        same dtype, NaN last if present) as int64, -1 where absent; NaN finds a
+        NaN category. values (n,) -> (n,)."""
+        if categories.size == 0:
+            return np.full(values.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(categories, values)  # NaN sorts last, as in categories
+        hit = categories[np.minimum(pos, categories.size - 1)]
+        found = (hit == values) | (np.isnan(hit) & np.isnan(values) if values.dtype.kind == "f"
+                                   else False)
+        return np.where(found, pos, -1).astype(np.int64)
+
+    @op("preprocessing")
     def normalize_rows(self, X, norm):
         """Each row of X (n, F) divided by its norm: ``'l1'`` (sum of |x|), ``'l2'``
         or ``'max'`` (max |x|), as sklearn.preprocessing.normalize; a row whose

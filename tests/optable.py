@@ -286,10 +286,12 @@ def quantile_inputs(draw, dtype):
 
 
 def _label_values(draw, dtype, n):
-    """Labels as the encoding kernels take them: small int64 values for the float32
-    parametrization, float64 values with repeats, NaN and +-inf for float64."""
-    if np.dtype(dtype) == np.float32:
-        return draw(hnp.arrays(np.int64, (n,), elements=st.integers(-6, 6)))
+    """Labels as the encoding kernels take them: int64 values for the float32
+    parametrization (narrow spans take the kernels' dense tables, the extremes their
+    sort / binary-search paths), float64 values with repeats, NaN and +-inf for float64."""
+    if np.dtype(dtype) == np.float32:  # mostly a narrow span, sometimes the int64 extremes
+        return draw(hnp.arrays(np.int64, (n,), elements=st.one_of(
+            *([st.integers(-6, 6)] * 6), st.sampled_from([-2**63, 2**63 - 1, 10**12]))))
     return draw(hnp.arrays(np.float64, (n,), elements=st.one_of(
         st.sampled_from([0.0, -0.0, 1.5, -2.0, 1e300, math.nan, math.inf, -math.inf]),
         st.floats(-5, 5))))

@@ -187,6 +187,9 @@ def test_copy_false_works_in_place(backend, est):
     expected = sk_twin(est).fit(X).transform(X.copy())
     assert est.fit(X).transform(X) is X
     assert_close(X, expected, np.float64)
+    X = np.random.default_rng(11).normal(3, 2, (20, 4))
+    assert est.fit_transform(X) is X  # fit_transform too, as scikit-learn's
+    assert_close(X, expected, np.float64)
     assert est.transform(X.tolist(), copy=False) is not X
 
 
@@ -213,6 +216,8 @@ def test_errors(backend):
             est.transform(X[:, :2])
         with pytest.raises(ValueError, match="infinity"):
             cls().fit(bad)  # the fit's kernel finds it (no separate finiteness pass)
+        with pytest.raises(ValueError, match="infinity"):
+            cls().fit_transform(bad)  # MinMax/MaxAbs: validated once, by that kernel
         with pytest.raises(ValueError, match="infinity"):
             est.transform(bad)
         with pytest.raises(TypeError, match="sparse"):

@@ -277,7 +277,7 @@ def _observed_minmax(X, prev_lo=None, prev_hi=None):
 
 
 class _RangeScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
-    """What MinMaxScaler and MaxAbsScaler share: validation of the transforms' input, tags."""
+    """What the column scalers share: validation of the transforms' input, tags."""
 
     def _validated(self, X, copy, reset_check=True):
         check_is_fitted(self)
@@ -302,7 +302,20 @@ class _RangeScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-class MinMaxScaler(_RangeScaler):
+class _MinMaxFitted(_RangeScaler):
+    """MinMaxScaler and MaxAbsScaler: statistics from the ``column_minmax`` kernel,
+    which also finds inf, and a fit_transform that validates X once."""
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``, validating X once: the fit's min/max kernel has
+        already rejected inf, so the transform needs no second finiteness pass.
+        Same return value and errors as fit then transform."""
+        self._reset()
+        return self._forward(self._partial_fit(X), X, self.copy)
+
+
+class MinMaxScaler(_MinMaxFitted):
     """Scale each feature to ``feature_range``: ``X * scale_ + min_``, column-wise.
 
     Follows :class:`sklearn.preprocessing.MinMaxScaler` (parameters, defaults,
@@ -394,6 +407,11 @@ class MinMaxScaler(_RangeScaler):
         Same arguments, return value and errors as :meth:`fit`; after the
         first call X must have the features seen before (``ValueError``).
         """
+        self._partial_fit(X)
+        return self
+
+    def _partial_fit(self, X):
+        """partial_fit's work; returns the validated X."""
         lo_range, hi_range = self.feature_range
         if lo_range >= hi_range:
             raise ValueError("Minimum of desired feature range must be smaller than maximum. "
@@ -414,7 +432,7 @@ class MinMaxScaler(_RangeScaler):
             data_range)
         self.min_ = dtype.type(lo_range) - data_min * self.scale_
         self.data_min_, self.data_max_, self.data_range_ = data_min, data_max, data_range
-        return self
+        return X
 
     def transform(self, X, copy=None):
         """Scale X to ``feature_range`` with the fitted minimum and maximum.
@@ -439,7 +457,9 @@ class MinMaxScaler(_RangeScaler):
         TypeError
             X is sparse.
         """
-        X, X_in, copy = self._validated(X, copy)
+        return self._forward(*self._validated(X, copy))
+
+    def _forward(self, X, X_in, copy):
         out = _backend().unstandardize(kernel_input(X), self.min_, self.scale_)
         if self.clip:
             np.clip(out, self.feature_range[0], self.feature_range[1], out=out)
@@ -454,7 +474,7 @@ class MinMaxScaler(_RangeScaler):
 
 
 
-class MaxAbsScaler(_RangeScaler):
+class MaxAbsScaler(_MinMaxFitted):
     """Scale each feature by its maximum absolute value: ``X / scale_``, into [-1, 1].
 
     Follows :class:`sklearn.preprocessing.MaxAbsScaler` for dense input (no
@@ -508,6 +528,11 @@ class MaxAbsScaler(_RangeScaler):
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Update the maxima with one more chunk; same arguments and errors as :meth:`fit`."""
+        self._partial_fit(X)
+        return self
+
+    def _partial_fit(self, X):
+        """partial_fit's work; returns the validated X."""
         reject_sparse(X, "MaxAbsScaler")
         first_pass = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, reset=first_pass, dtype=FLOAT_DTYPES, ensure_all_finite=False)
@@ -520,12 +545,14 @@ class MaxAbsScaler(_RangeScaler):
             self.n_samples_seen_ += X.shape[0]
         self.max_abs_ = max_abs
         self.scale_ = handle_zeros_in_scale(max_abs)
-        return self
+        return X
 
     def transform(self, X, copy=None):
         """``X / scale_``: X (n_samples, n_features_in_) -> the same shape, X's float
         dtype. Raises NotFittedError, ValueError (features, inf), TypeError (sparse)."""
-        X, X_in, copy = self._validated(X, copy)
+        return self._forward(*self._validated(X, copy))
+
+    def _forward(self, X, X_in, copy):
         out = _backend().standardize(kernel_input(X), np.zeros(self.n_features_in_),
                                      self.scale_)
         if self.clip:

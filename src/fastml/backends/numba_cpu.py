@@ -200,7 +200,7 @@ class NumbaBackend(ReferenceBackend):
         delta = input.dtype.type(delta)
         if reduction == "none":
             return _map(K.huber_error, input, target, delta)
-        return _reduced(K.huber_error_sum, reduction, input, target, delta)
+        return _chunked_reduced(K.huber_error_sum, reduction, input, target, delta)
 
     @op("losses")
     def huber_loss_grad(self, input, target, reduction, delta):

@@ -735,6 +735,22 @@ def nll_weight_partials(target, w, has_w, ignore_index, zero, one, partials):
     _store_partial(sh, acc, partials)
 
 
+@cuda.jit(device=True)
+def _column_sum(sh, v):
+    """Sum of ``v`` over the block's row lanes (threadIdx.y), per column lane
+    (threadIdx.x); ``sh`` is (COL_Y, COL_X). The total is valid in row lane 0."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    sh[ty, tx] = v
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            sh[ty, tx] += sh[ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    return sh[0, tx]
+
+
 @cuda.jit
 def col_sum_partial(X, out, zero):
     """out[blockIdx.y, c] = sum of column c over the rows of block-row blockIdx.y.
@@ -749,16 +765,9 @@ def col_sum_partial(X, out, zero):
     if col < X.shape[1]:
         for r in range(cuda.blockIdx.y * COL_Y + ty, X.shape[0], COL_Y * cuda.gridDim.y):
             acc += X[r, col]
-    sh[ty, tx] = acc
-    cuda.syncthreads()
-    h = COL_Y // 2
-    while h > 0:
-        if ty < h:
-            sh[ty, tx] += sh[ty + h, tx]
-        cuda.syncthreads()
-        h //= 2
+    total = _column_sum(sh, acc)
     if ty == 0 and col < X.shape[1]:
-        out[cuda.blockIdx.y, col] = sh[0, tx]
+        out[cuda.blockIdx.y, col] = total
 
 
 @cuda.jit(device=True)
@@ -884,16 +893,9 @@ def col_observed_partial(X, part):
             v = X[r, col]
             if v == v:
                 m += 1
-    sh[ty, tx] = m
-    cuda.syncthreads()
-    h = COL_Y // 2
-    while h > 0:
-        if ty < h:
-            sh[ty, tx] += sh[ty + h, tx]
-        cuda.syncthreads()
-        h //= 2
+    total = _column_sum(sh, m)
     if ty == 0 and col < X.shape[1]:
-        part[cuda.blockIdx.y, col] = sh[0, tx]
+        part[cuda.blockIdx.y, col] = total
 
 
 @cuda.jit(device=True)

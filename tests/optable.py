@@ -309,6 +309,34 @@ def encode_inputs(draw, dtype):
             "categories": categories}
 
 
+@st.composite
+def fill_inputs(draw, dtype):
+    """Columns with NaN and +-inf, a missing value (NaN, or one the data holds often)
+    and a fill value per column."""
+    n, f = draw(st.integers(0, 9)), draw(st.integers(0, 5))
+    missing = draw(st.sampled_from([math.nan, 0.0, -1.0, math.inf]))
+    X = draw(hnp.arrays(dtype, (n, f), elements=st.one_of(
+        *([st.floats(-1e3, 1e3, width=32 if np.dtype(dtype) == np.float32 else 64)] * 3),
+        st.sampled_from(SPECIALS + (0.0, -1.0)))))
+    return {"X": np.ascontiguousarray(X), "missing_value": missing,
+            "fill": draw(hnp.arrays(np.float64, (f,), elements=st.floats(-1e3, 1e3)))}
+
+
+@st.composite
+def one_hot_inputs(draw, dtype):
+    """Indices in [-1, n_columns) (-1: nothing), sometimes beyond n_columns."""
+    n, f, m = draw(st.integers(0, 9)), draw(st.integers(0, 4)), draw(st.integers(0, 12))
+    index = st.one_of(*([st.integers(-1, m - 1)] * 6), st.sampled_from([-5, m, m + 3]))
+    return {"indices": draw(hnp.arrays(np.int64, (n, f), elements=index)),
+            "n_columns": m, "dtype": np.dtype(dtype)}
+
+
+def _one_hot_bench(dtype):
+    """OneHotEncoder's dense output for 1,000,000 values of 100 categories."""
+    values = _labels_bench(dtype)["values"]
+    return {"indices": values.reshape(-1, 1), "n_columns": 100, "dtype": np.dtype(np.float64)}
+
+
 def _labels_bench(dtype):
     """1,000,000 int64 labels of 100 categories (the encoders' benchmark case)."""
     return {"values": np.random.default_rng(0).integers(0, 100, 1_000_000)}
@@ -618,6 +646,12 @@ ROWS = [
         bench=_labels_bench),
     Row("preprocessing.encode_values", _kernel("encode_values"), encode_inputs,
         bench=lambda t: {**_labels_bench(t), "categories": np.unique(_labels_bench(t)["values"])}),
+    Row("preprocessing.fill_missing", _kernel("fill_missing"), fill_inputs,
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)},
+        bench=lambda t: {**_columns_bench(t), "missing_value": math.nan,
+                         "fill": np.arange(50.0)}),
+    Row("preprocessing.one_hot", _kernel("one_hot"), one_hot_inputs,
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_one_hot_bench),
     Row("preprocessing.standardize", _kernel("standardize"),
         lambda t: columns_inputs(t, with_scale=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),

@@ -496,6 +496,32 @@ class ReferenceBackend:
         return np.where(found, pos, -1).astype(np.int64)
 
     @op("preprocessing")
+    def fill_missing(self, X, missing_value, fill):
+        """X (n, F) float32/float64 with its missing entries replaced column-wise by
+        fill (F,) float64 (rounded to X's dtype): ``(X', n_inf)``.
+
+        An entry is missing when it is NaN (``missing_value`` NaN) or equals
+        ``missing_value``; ``n_inf`` (int) counts the entries of X that are
+        +-inf and not missing, so one pass both imputes and makes the finite check
+        scikit-learn's SimpleImputer makes.
+        """
+        missing = np.isnan(X) if np.isnan(missing_value) else X == missing_value
+        out = np.where(missing, fill.astype(X.dtype), X)
+        return out, int(np.count_nonzero(np.isinf(X) & ~missing))
+
+    @op("preprocessing")
+    def one_hot(self, indices, n_columns, dtype):
+        """Dense one-hot rows: indices (n, F) int64 -> (n, n_columns) of ``dtype``
+        (float32 or float64), 1 at ``[i, indices[i, j]]`` for every j and 0
+        elsewhere. An index outside ``[0, n_columns)`` (-1: an ignored unknown or
+        dropped category) sets nothing."""
+        out = np.zeros((indices.shape[0], n_columns), dtype)
+        rows = np.broadcast_to(np.arange(indices.shape[0])[:, None], indices.shape)
+        hit = (indices >= 0) & (indices < n_columns)
+        out[rows[hit], indices[hit]] = 1
+        return out
+
+    @op("preprocessing")
     def normalize_rows(self, X, norm):
         """Each row of X (n, F) divided by its norm: ``'l1'`` (sum of |x|), ``'l2'``
         or ``'max'`` (max |x|), as sklearn.preprocessing.normalize; a row whose

@@ -30,6 +30,9 @@ def assert_same(actual, expected, rtol, atol, where=""):
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_same(a, e, rtol, atol, f"{where}[{i}]")
         return
+    if isinstance(expected, int):  # a count
+        assert type(actual) is int and actual == expected, f"{where}: {actual!r} vs {expected!r}"
+        return
     if isinstance(expected, float):
         assert isinstance(actual, float), f"{where}: expected a Python float, got {type(actual)}"
     else:

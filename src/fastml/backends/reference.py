@@ -498,16 +498,16 @@ class ReferenceBackend:
     @op("preprocessing")
     def fill_missing(self, X, missing_value, fill):
         """X (n, F) float32/float64 with its missing entries replaced column-wise by
-        fill (F,) float64 (rounded to X's dtype): ``(X', n_inf)``.
+        fill (F,) float64 (rounded to X's dtype): ``(X', n_bad)``.
 
         An entry is missing when it is NaN (``missing_value`` NaN) or equals
-        ``missing_value``; ``n_inf`` (int) counts the entries of X that are
-        +-inf and not missing, so one pass both imputes and makes the finite check
-        scikit-learn's SimpleImputer makes.
+        ``missing_value``; ``n_bad`` (int) counts the entries of X that are not
+        finite (NaN, +-inf) and not missing, so one pass both imputes and makes
+        the finite check scikit-learn's SimpleImputer makes.
         """
         missing = np.isnan(X) if np.isnan(missing_value) else X == missing_value
         out = np.where(missing, fill.astype(X.dtype), X)
-        return out, int(np.count_nonzero(np.isinf(X) & ~missing))
+        return out, int(np.count_nonzero(~np.isfinite(X) & ~missing))
 
     @op("preprocessing")
     def one_hot(self, indices, n_columns, dtype):

@@ -69,6 +69,9 @@ KERNELS = {
     "quantile_lerp": ("f2", "d1", "i1", "d2"),
     "normalize_rows": ("f2", "f2", "i", "s", "s"),
     "polynomial_features": ("f2", "i1", "i1", "i1", "f2", "s"),
+    "fill_missing": ("f1", "d1", "s", "b", "s", "f1", "i1"),
+    "fill_const": ("f1", "s"),
+    "one_hot_scatter": ("i2", "f2", "s"),
     "gemm": ("f2", "f2", "f1", "f2", "b", "b", "b", "s"),
     "label_encode": ("v1", "v1", "i1"),
     "label_minmax_partial": ("i1", "i1", "i2"),
@@ -238,6 +241,16 @@ def test_device_arrays_in_device_arrays_out():
     be.adam_step(*dev, None, **kw)
     for d, w in zip(dev, want):
         np.testing.assert_allclose(d.copy_to_host(), w, rtol=1e-12, atol=1e-12)
+    xm = x.copy()
+    xm[0, 1], xm[1, 2], xm[2, 0] = np.nan, np.inf, -np.inf
+    out, n_bad = be.fill_missing(cuda.to_device(xm), np.nan, cuda.to_device(np.arange(5.0)))
+    want, want_inf = ref.fill_missing(xm, np.nan, np.arange(5.0))
+    assert not isinstance(out, np.ndarray) and type(n_bad) is int and n_bad == want_inf == 2
+    np.testing.assert_array_equal(out.copy_to_host(), want)
+    idx = np.array([[0, 3], [-1, 2], [4, 5]])  # -1 and 5 (== n_columns) set nothing
+    got = be.one_hot(cuda.to_device(idx), 5, np.float32)
+    assert not isinstance(got, np.ndarray), "one_hot came back to the host"
+    np.testing.assert_array_equal(got.copy_to_host(), ref.one_hot(idx, 5, np.float32))
     labels = [np.array([3, -1, 3, 9, 2**40]), np.array([2.5, np.nan, -0.0, 0.0, np.nan])]
     for y in labels:  # int64 (sorted: wide range) and float64 labels stay on the device
         cats = np.unique(y[:3])

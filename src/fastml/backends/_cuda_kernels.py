@@ -80,6 +80,7 @@ F64_KERNELS = {
     "quantile_ranks": "quantile positions h = q * (m - 1) are float64, as NumPy's",
     "quantile_lerp": "column_quantiles is float64 by contract (reference interpolates in float64)",
     "normalize_rows": "norms accumulate in float64 (reference), rounded to X's dtype to divide",
+    "fill_missing": "fill is float64 by contract, rounded to X's dtype as it is written",
 }
 
 
@@ -1091,6 +1092,47 @@ def polynomial_features(X, left, right, keep, out, one):
             if f >= 0:
                 acc = acc * X[r, f]
         out[r, col] = acc
+
+
+@cuda.jit
+def fill_missing(X, fill, missing, is_nan, inf, out, partials):
+    """out = X with missing entries (NaN when ``is_nan``, else == ``missing``) set to
+    fill[column], rounded to X's dtype; partials[block] = the block's count of
+    non-finite (NaN, +-inf) entries not missing. Flat X / out, grid-stride; ``missing`` and ``inf`` of X's dtype."""
+    sh = cuda.shared.array(MAX_TPB, int64)
+    F = fill.size
+    c = 0
+    for i in range(cuda.grid(1), X.size, cuda.gridsize(1)):
+        v = X[i]
+        if (v != v) if is_nan else (v == missing):
+            out[i] = fill[i % F]
+        else:
+            out[i] = v
+            if not abs(v) < inf:  # NaN or +-inf
+                c += 1
+    total = _block_sum(sh, c)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def fill_const(a, value):
+    """a[i] = value (flat, grid-stride): one_hot's zeroed output."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+@cuda.jit
+def one_hot_scatter(indices, out, one):
+    """out[r, indices[r, j]] = one for every in-range index (out zeroed first); grid-stride
+    over the n * F indices. Repeats in a row write the same value: a benign race."""
+    F = indices.shape[1]
+    m = out.shape[1]
+    for i in range(cuda.grid(1), indices.size, cuda.gridsize(1)):
+        r = i // F
+        c = indices[r, i - r * F]
+        if c >= 0 and c < m:  # out-of-range (-1: ignored / dropped) sets nothing
+            out[r, c] = one
 
 
 # ------------------------------------------------------- preprocessing: labels

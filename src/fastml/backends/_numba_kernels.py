@@ -1334,6 +1334,44 @@ def polynomial_features(X, runs, keep, offset, n_full, out, nchunks):
                     o[i] = full[keep[i]]
 
 
+@twin
+def fill_missing(X, missing, nan_missing, fill, out, nchunks):
+    """out = fill[j] where X[r, j] is missing (== missing, or NaN when
+    nan_missing), else X[r, j]; returns how many entries are not finite (NaN,
+    +-inf) and not missing. Selects, no branches, so the column loop
+    vectorizes; each chunk of rows counts into its own slot."""
+    rows, f = X.shape
+    inf = X.dtype.type(np.inf)
+    counts = np.zeros(nchunks, np.int64)
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        c = 0
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            xr, o = X[r], out[r]
+            for j in range(f):
+                v = xr[j]
+                miss = (v == missing) | (nan_missing & (v != v))  # v == NaN is False
+                o[j] = fill[j] if miss else v
+                finite = abs(v) < inf  # False for NaN too
+                c += not (miss | finite)
+        counts[k] = c
+    return counts.sum()
+
+
+@twin
+def one_hot(indices, out):
+    """out[i, indices[i, j]] = 1 for indices in [0, out.shape[1]) (one unsigned
+    compare: negative ones wrap above it). out comes zeroed by calloc, so the
+    page faults that zero it happen here, on every thread."""
+    m = np.uint64(out.shape[1])
+    one = out.dtype.type(1)
+    for i in prange(indices.shape[0]):
+        for j in range(indices.shape[1]):
+            c = indices[i, j]
+            if np.uint64(c) < m:
+                out[i, c] = one
+
+
 # ------------------------------------------------- encoders: unique and encode
 # 1-D int64 or float64 labels. Labels are mostly integers of a small range
 # (class ids), which a dense table counts and looks up in O(n + range), with no

@@ -376,6 +376,24 @@ class NumbaBackend(ReferenceBackend):
         return out
 
     @op("preprocessing")
+    def fill_missing(self, X, missing_value, fill):
+        out = np.empty_like(X)
+        missing = X.dtype.type(missing_value)  # as NumPy compares: rounded to X's dtype
+        n_bad = _run(K.fill_missing, X.size, X, missing, bool(np.isnan(missing)),
+                     fill.astype(X.dtype), out, chunked=True)
+        return out, int(n_bad)
+
+    @op("preprocessing")
+    def one_hot(self, indices, n_columns, dtype):
+        # np.zeros: calloc's lazily zeroed pages, faulted in by the scatter's
+        # threads; writing whole rows into np.empty measured slower (1M x 100
+        # float64, 2 cores: 99 ms vs 73 ms; serial scatter 119 ms).
+        out = np.zeros((indices.shape[0], n_columns), dtype)
+        if out.size and indices.size:
+            _run(K.one_hot, out.size, indices, out)
+        return out
+
+    @op("preprocessing")
     def normalize_rows(self, X, norm):
         tiny = X.dtype.type(10 * np.finfo(X.dtype).eps)
         return _rows(K.normalize_rows, X, _NORMS[norm], tiny)

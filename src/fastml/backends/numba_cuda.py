@@ -18,7 +18,9 @@ floats' order-preserving integer keys, every column and quantile at once),
 described in ``_cuda_kernels``. unique_counts: a histogram with atomics for
 int64 labels of a small range (min / max reduced on the device first), else a
 bitonic sort of order-preserving keys in global memory (numba.cuda has no
-device sort); encode_values: a binary search per value. Launch configurations
+device sort); encode_values: a binary search per value. fill_missing imputes and
+counts the remaining infinities in one pass (per-block int64 counts); one_hot
+zero-fills its output, then scatters the in-range indices. Launch configurations
 come from one cached probe of the device; kernels compile once per dtype
 signature, on first use.
 """
@@ -105,19 +107,20 @@ def _consts(dtype, *values):
     return tuple(dtype.type(v) for v in values)
 
 
-def _block_partials(kernel, n, *args, parts=1):
-    """float64 totals of a fused partial-sum kernel over n > 0 items (grid-stride).
+def _block_partials(kernel, n, *args, parts=1, dtype=_F64):
+    """Totals of a fused partial-sum kernel over n > 0 items (grid-stride).
 
-    The kernel takes ``args`` then a float64 partials array, (blocks,) or
-    (parts, blocks), that each block fills with its sum(s); the host adds the
-    small partials: a float (parts == 1) or an array of ``parts`` totals.
+    The kernel takes ``args`` then a partials array of ``dtype`` (float64 sums;
+    int64 counts), (blocks,) or (parts, blocks), that each block fills with its
+    sum(s); the host adds the small partials: a Python float / int (parts == 1)
+    or an array of ``parts`` totals.
     """
     _, tpb, _, max_blocks = _launch_limits()
     blocks = min(_cdiv(n, tpb), max_blocks)
-    partials = _IO.empty(blocks if parts == 1 else (parts, blocks), _F64)
+    partials = _IO.empty(blocks if parts == 1 else (parts, blocks), dtype)
     kernel[blocks, tpb](*args, partials)
     totals = partials.copy_to_host().sum(axis=-1)
-    return float(totals) if parts == 1 else totals
+    return totals.item() if parts == 1 else totals
 
 
 def _partial_sum(kernel, a, b, c=0, h=0):
@@ -624,6 +627,31 @@ class CudaBackend(ReferenceBackend):
             _launch_1d(_k().polynomial_features, out.size, io.put(X),
                        *[io.put(a if _is_device(a) else np.asarray(a, np.int64))
                          for a in (left, right, keep)], out, X.dtype.type(1))
+        return io.get(out)
+
+    def fill_missing(self, X, missing_value, fill):
+        io = _IO(X, fill)
+        out = io.empty(X.shape, X.dtype)
+        n_bad = 0
+        if X.size:
+            is_nan = bool(np.isnan(missing_value))
+            with np.errstate(over="ignore"):  # as NumPy compares X with a Python float
+                missing, inf = _consts(X.dtype, 0 if is_nan else missing_value, np.inf)
+            n_bad = _block_partials(_k().fill_missing, X.size, _flat(io.put(X)),
+                                    io.put(fill), missing, is_nan, inf, _flat(out),
+                                    dtype=np.int64)
+        return io.get(out), n_bad
+
+    def one_hot(self, indices, n_columns, dtype):
+        k = _k()
+        dtype = np.dtype(dtype)
+        io = _IO(indices)
+        out = io.empty((indices.shape[0], n_columns), dtype)
+        if out.size:
+            _launch_1d(k.fill_const, out.size, _flat(out), dtype.type(0))
+            if indices.size:
+                _launch_1d(k.one_hot_scatter, indices.size, io.put(indices), out,
+                           dtype.type(1))
         return io.get(out)
 
     def unique_counts(self, values):

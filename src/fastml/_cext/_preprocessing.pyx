@@ -1,5 +1,6 @@
 """Preprocessing kernels: NaN-ignoring column statistics, the standard scaling, column
-min/max and quantiles, row normalization and polynomial features.
+min/max and quantiles, row normalization, polynomial features, the encoders' label
+kernels, missing-value imputation and dense one-hot rows.
 
 The statistics and scalings walk X row by row (its memory order) and do their math in
 double; column_quantiles gathers one column at a time into a per-thread buffer and
@@ -11,11 +12,11 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, NAN, fabs, floor, sqrt
-from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
-from ._scalar cimport PAR_MIN_WORK, nanmax
+from ._scalar cimport PAR_MIN_WORK, fabs_, nanmax
 
 # Rows per block in column_stats: a block this size stays in cache, so its
 # second sweep (squared deviations) does not read X from memory again.
@@ -977,3 +978,80 @@ def encode_values(values, categories, int64_t[::1] out, int num_threads):
             _encode_dense(values, ic, out, <Py_ssize_t>span + 1, num_threads)
             return
     _encode_search(values, categories, out, num_threads)
+
+
+# -------------------------------------------------------------- fill_missing / one_hot
+cdef inline Py_ssize_t _fill_row(const floating* x, const floating* fill, floating mv,
+                                 bint nan_mode, Py_ssize_t F, floating* o) noexcept nogil:
+    """o = x with its missing entries replaced by fill; returns how many entries are not
+    finite (NaN, +-inf) and not missing.
+
+    Called with a constant nan_mode, so the loop is compares, selects and a bitwise OR,
+    and vectorizes (counting double compares into an integer does not, on SSE2): z - z
+    is +0.0 (no bit set) when z is finite, NaN otherwise, so the OR is nonzero only for
+    a row with a kept non-finite entry, and only such a row is counted (rare).
+    """
+    cdef Py_ssize_t j, cnt = 0
+    cdef floating v, f, w, z
+    cdef bint miss
+    cdef uint32_t bad32 = 0, b32
+    cdef uint64_t bad64 = 0, b64
+    for j in range(F):
+        v = x[j]
+        f = fill[j]  # loaded unconditionally: a conditional load blocks vectorizing
+        miss = (v != v) if nan_mode else (v == mv)
+        w = f if miss else v
+        z = 0 if miss else v
+        o[j] = w
+        z = z - z
+        if floating is float:
+            memcpy(&b32, &z, sizeof(z))
+            bad32 |= b32
+        else:
+            memcpy(&b64, &z, sizeof(z))
+            bad64 |= b64
+    if bad32 == 0 and bad64 == 0:
+        return 0
+    for j in range(F):
+        v = x[j]
+        miss = (v != v) if nan_mode else (v == mv)
+        cnt += not miss and not (fabs_(v) < INFINITY)  # NaN compares false
+    return cnt
+
+
+def fill_missing(const floating[:, ::1] X, double missing_value, const double[::1] fill,
+                 floating[:, ::1] out, int num_threads):
+    """out = X with each missing entry (NaN if missing_value is NaN, else equal to it)
+    replaced by fill[j] rounded to X's dtype; returns the count of entries that are not
+    finite and not missing. Rows in parallel, the counts a reduction."""
+    cdef Py_ssize_t i, n = X.shape[0], F = X.shape[1], n_bad = 0
+    # compared in X's dtype, as NumPy compares X == missing_value
+    cdef floating mv = <floating>missing_value
+    cdef bint nan_mode = missing_value != missing_value
+    dtype = np.float32 if floating is float else np.float64
+    cdef const floating[::1] f = np.asarray(fill).astype(dtype)
+    if f.shape[0] != F:
+        raise ValueError(f"fill has {f.shape[0]} values for {F} columns")
+    if n == 0 or F == 0:
+        return 0
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=n * F >= PAR_MIN_WORK):
+        if nan_mode:
+            n_bad += _fill_row(&X[i, 0], &f[0], mv, True, F, &out[i, 0])
+        else:
+            n_bad += _fill_row(&X[i, 0], &f[0], mv, False, F, &out[i, 0])
+    return n_bad
+
+
+def one_hot(const int64_t[:, ::1] indices, floating[:, ::1] out, int num_threads):
+    """out[i, indices[i, j]] = 1 for each index in [0, out.shape[1]) (others set nothing);
+    out arrives zeroed. Rows in parallel: out is np.zeros' lazily zeroed pages, so
+    their page faults (the real cost) are taken by every thread."""
+    cdef Py_ssize_t i, j, n = indices.shape[0], F = indices.shape[1], m = out.shape[1]
+    cdef uint64_t d
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=n * m >= PAR_MIN_WORK):
+        for j in range(F):
+            d = <uint64_t>indices[i, j]  # one unsigned test: negatives wrap above m
+            if d < <uint64_t>m:
+                out[i, d] = 1

@@ -319,3 +319,14 @@ class CythonBackend(ReferenceBackend):
                                      np.ascontiguousarray(categories), out,
                                      get_num_threads())
         return out
+
+    def fill_missing(self, X, missing_value, fill):
+        out = np.empty_like(X)
+        n_bad = _preprocessing.fill_missing(X, float(missing_value), _vec(fill), out,
+                                            get_num_threads())
+        return out, int(n_bad)
+
+    def one_hot(self, indices, n_columns, dtype):
+        out = np.zeros((indices.shape[0], n_columns), dtype)  # calloc: lazily zeroed pages
+        _preprocessing.one_hot(_index(indices), out, get_num_threads())
+        return out

@@ -350,13 +350,17 @@ class OneHotEncoder(_Encoder):
             warnings.warn(f"Found unknown categories in columns {with_unknown} during "
                           f"transform. These unknown categories will be encoded as {as_what}",
                           UserWarning)
+        n_out = sum(self._n_features_outs)
+        # CSR index arrays are int32 when they fit (as scikit-learn's): gathered
+        # in that type directly; the one_hot kernel takes int64
+        index = np.int32 if self.sparse_output and \
+            max(n_out, n_samples * len(codes)) <= np.iinfo(np.int32).max else np.int64
         if len(codes) == 1:
-            indices = self._tables[0][codes[0]].reshape(-1, 1)
+            indices = self._tables[0].astype(index)[codes[0]].reshape(-1, 1)
         else:
-            indices = np.empty((n_samples, len(codes)), np.int64)
+            indices = np.empty((n_samples, len(codes)), index)
             for i, c in enumerate(codes):
                 indices[:, i] = self._tables[i][c]
-        n_out = sum(self._n_features_outs)
         if self.sparse_output:
             return self._csr(indices, n_out)
         dtype = np.dtype(self.dtype)
@@ -372,15 +376,13 @@ class OneHotEncoder(_Encoder):
         flat = indices.reshape(-1)
         present = flat >= 0
         if present.all():
-            indptr = np.arange(0, flat.size + 1, n_features, dtype=np.int64)
+            indptr = np.arange(0, flat.size + 1, n_features, dtype=indices.dtype)
         else:
-            indptr = np.zeros(n_samples + 1, np.int64)
+            indptr = np.zeros(n_samples + 1, indices.dtype)
             np.cumsum(present.reshape(n_samples, n_features).sum(axis=1), out=indptr[1:])
             flat = flat[present]
-        index = np.int32 if max(n_out, flat.size) <= np.iinfo(np.int32).max else np.int64
-        return scipy.sparse.csr_matrix(
-            (np.ones(flat.size, self.dtype), flat.astype(index), indptr.astype(index)),
-            shape=(n_samples, n_out))
+        return scipy.sparse.csr_matrix((np.ones(flat.size, self.dtype), flat, indptr),
+                                       shape=(n_samples, n_out))
 
     def _output_categories(self, i, remove_dropped=True):
         """Column i's output categories: frequent ones, then 'infrequent_sklearn'."""

@@ -309,6 +309,29 @@ def encode_inputs(draw, dtype):
             "categories": categories}
 
 
+SLOPES = st.sampled_from([0.01, 0.2, 0.0, -0.5, 1.5])
+APPROXIMATE = st.sampled_from(["none", "tanh"])
+
+
+@st.composite
+def leaky_inputs(draw, dtype, backward=False):
+    d = draw(binary(dtype, "x") if backward else unary(dtype))
+    return {**d, "negative_slope": draw(SLOPES)}
+
+
+@st.composite
+def gelu_inputs(draw, dtype, backward=False):
+    d = draw(binary(dtype, "x", -20, 20) if backward else unary(dtype, -20, 20))
+    return {**d, "approximate": draw(APPROXIMATE)}
+
+
+def _peer_activation(fname, **kwargs):
+    def run(d):
+        torch = _torch()
+        return getattr(torch.nn.functional, fname)(torch.from_numpy(d["x"]), **kwargs)
+    return run
+
+
 @st.composite
 def fill_inputs(draw, dtype):
     """Columns with NaN and +-inf, a missing value (NaN, or one the data holds often)
@@ -563,6 +586,22 @@ ROWS = [
         peer=_peer_unary("relu")),
     Row("layers.relu_backward", lambda d: layers.relu_backward(**d),
         lambda t: binary(t, "x"), bench=lambda t: _ew_bench(t, ("grad_out", "x"))),
+    Row("layers.leaky_relu", lambda d: layers.leaky_relu(**d), leaky_inputs,
+        bench=lambda t: {**_ew_bench(t), "negative_slope": 0.01},
+        peer=_peer_activation("leaky_relu", negative_slope=0.01)),
+    Row("layers.leaky_relu_backward", lambda d: layers.leaky_relu_backward(**d),
+        lambda t: leaky_inputs(t, backward=True),
+        bench=lambda t: {**_ew_bench(t, ("grad_out", "x")), "negative_slope": 0.01}),
+    Row("layers.gelu", lambda d: layers.gelu(**d), gelu_inputs,
+        bench=lambda t: {**_ew_bench(t), "approximate": "none"},
+        peer=_peer_activation("gelu")),
+    Row("layers.gelu_backward", lambda d: layers.gelu_backward(**d),
+        lambda t: gelu_inputs(t, backward=True),
+        bench=lambda t: {**_ew_bench(t, ("grad_out", "x")), "approximate": "none"}),
+    Row("layers.silu", lambda d: layers.silu(**d), unary, bench=_ew_bench,
+        peer=_peer_activation("silu")),
+    Row("layers.silu_backward", lambda d: layers.silu_backward(**d),
+        lambda t: binary(t, "x"), bench=lambda t: _ew_bench(t, ("grad_out", "x"))),
     Row("layers.sigmoid", lambda d: layers.sigmoid(**d), unary, bench=_ew_bench,
         peer=_peer_unary("sigmoid")),
     Row("layers.sigmoid_backward", lambda d: layers.sigmoid_backward(**d),
@@ -653,10 +692,10 @@ ROWS = [
     Row("preprocessing.one_hot", _kernel("one_hot"), one_hot_inputs,
         tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_one_hot_bench),
     Row("preprocessing.standardize", _kernel("standardize"),
-        lambda t: columns_inputs(t, with_scale=True),
+        lambda t: columns_inputs(t, with_scale=True, with_inf=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),
     Row("preprocessing.unstandardize", _kernel("unstandardize"),
-        lambda t: columns_inputs(t, with_scale=True),
+        lambda t: columns_inputs(t, with_scale=True, with_inf=True),
         bench=lambda t: _columns_bench(t, with_scale=True)),
 ]
 

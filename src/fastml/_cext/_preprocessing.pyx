@@ -29,6 +29,11 @@ cdef enum:
     QBLOCK_BYTES = 64
     SAMPLE_MIN_N = 32768
 
+# standardize / unstandardize: rows given the exact (NaN-blind) inf test at once after
+# a row whose plain test a NaN tripped.
+cdef enum:
+    EXACT_ROWS = 32
+
 
 cdef inline void _merge(double* count, double* mean, double* m2, const double* b_count,
                         const double* b_mean, const double* b_m2, Py_ssize_t F) noexcept nogil:
@@ -114,24 +119,141 @@ def column_stats(const floating[:, ::1] X, int num_threads):
     return state[0, 0].copy(), state[0, 1].copy(), state[0, 2].copy()
 
 
+cdef inline bint _scale_row(const floating* x, const double* a, const double* b,
+                            bint inverse, bint exact, Py_ssize_t F,
+                            floating* o) noexcept nogil:
+    """o = (x - a) / b (inverse: x * b + a) in double, rounded to x's dtype; returns
+    whether x may hold a +-inf: with exact, only if it does, else also if it holds a NaN.
+
+    Called with constant inverse and exact, so the loop is the arithmetic, (exact) a
+    select, and a bitwise OR, and vectorizes as _fill_row's (counting double compares
+    into an integer does not, at SSE2): z - z is +0.0 (no bit set) when z is finite, NaN
+    otherwise, so the OR is nonzero only for a row with a non-finite z. The exact loop
+    takes z = 0 for a NaN, two more instructions a vector.
+    """
+    cdef Py_ssize_t j
+    cdef floating v, z
+    cdef uint32_t bad32 = 0, b32
+    cdef uint64_t bad64 = 0, b64
+    for j in range(F):
+        v = x[j]
+        if inverse:
+            o[j] = <floating>(v * b[j] + a[j])
+        else:
+            o[j] = <floating>((v - a[j]) / b[j])
+        if exact:
+            z = v if v == v else 0
+        else:
+            z = v
+        z = z - z
+        if floating is float:
+            memcpy(&b32, &z, sizeof(z))
+            bad32 |= b32
+        else:
+            memcpy(&b64, &z, sizeof(z))
+            bad64 |= b64
+    return bad32 != 0 or bad64 != 0
+
+
+cdef inline bint _any_inf(const floating* x, Py_ssize_t F) noexcept nogil:
+    """Whether x[:F] holds a +-inf: _scale_row's exact test alone (vectorized)."""
+    cdef Py_ssize_t j
+    cdef floating v, z
+    cdef uint32_t bad32 = 0, b32
+    cdef uint64_t bad64 = 0, b64
+    for j in range(F):
+        v = x[j]
+        z = v if v == v else 0
+        z = z - z
+        if floating is float:
+            memcpy(&b32, &z, sizeof(z))
+            bad32 |= b32
+        else:
+            memcpy(&b64, &z, sizeof(z))
+            bad64 |= b64
+    return bad32 != 0 or bad64 != 0
+
+
+cdef inline Py_ssize_t _count_inf(const floating* x, Py_ssize_t F) noexcept nogil:
+    """How many of x[:F] are +-inf (one at a time: for the rare row that has one)."""
+    cdef Py_ssize_t j, cnt = 0
+    for j in range(F):
+        cnt += fabs_(x[j]) == INFINITY
+    return cnt
+
+
+cdef Py_ssize_t _scale_rows(const floating* X, const double* a, const double* b,
+                            bint inverse, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t F,
+                            floating* out) noexcept nogil:
+    """_scale_row over rows [lo, hi) of X into out; returns the count of +-inf in them.
+
+    A row goes through the plain test (x - x), which a NaN also trips: a tripped row,
+    cache-hot now, is tested again for an inf alone, and counted only if it has one
+    (rare: the caller raises). NaN is an allowed (missing) value and may be in most
+    rows, so after a row that tripped on NaN alone the next EXACT_ROWS rows take the
+    exact test at once; with no NaN, every row costs the plain test only.
+    """
+    cdef Py_ssize_t i, n_inf = 0, exact_rows = 0
+    cdef const floating* x
+    cdef floating* o
+    cdef bint bad
+    for i in range(lo, hi):
+        x = X + i * F
+        o = out + i * F
+        if exact_rows > 0:
+            exact_rows -= 1
+            if inverse:
+                bad = _scale_row(x, a, b, True, True, F, o)
+            else:
+                bad = _scale_row(x, a, b, False, True, F, o)
+            if bad:
+                n_inf += _count_inf(x, F)
+        else:
+            if inverse:
+                bad = _scale_row(x, a, b, True, False, F, o)
+            else:
+                bad = _scale_row(x, a, b, False, False, F, o)
+            if bad:
+                if _any_inf(x, F):
+                    n_inf += _count_inf(x, F)
+                else:
+                    exact_rows = EXACT_ROWS
+    return n_inf
+
+
+cdef Py_ssize_t _scale(const floating[:, ::1] X, const double[::1] a, const double[::1] b,
+                       bint inverse, floating[:, ::1] out, int num_threads) except -1:
+    """X through _scale_rows into out; threads take contiguous row ranges and their
+    inf counts are a reduction."""
+    cdef Py_ssize_t c, n = X.shape[0], F = X.shape[1], n_inf = 0, nchunks = 1
+    if a.shape[0] != F or b.shape[0] != F:
+        raise ValueError(f"offset and scale have {a.shape[0]} and {b.shape[0]} values "
+                         f"for {F} columns")
+    if out.shape[0] != n or out.shape[1] != F:
+        raise ValueError(f"out has shape {(out.shape[0], out.shape[1])}, X {(n, F)}")
+    if n == 0 or F == 0:
+        return 0
+    if n * F >= PAR_MIN_WORK:
+        nchunks = max(1, min(num_threads, n))
+    for c in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=nchunks > 1):
+        n_inf += _scale_rows(&X[0, 0], &a[0], &b[0], inverse, c * n // nchunks,
+                             (c + 1) * n // nchunks, F, &out[0, 0])
+    return n_inf
+
+
 def standardize(const floating[:, ::1] X, const double[::1] offset, const double[::1] scale,
                 floating[:, ::1] out, int num_threads):
-    """out = (X - offset) / scale, in double, rounded to X's dtype."""
-    cdef Py_ssize_t i, j, n = X.shape[0], F = X.shape[1]
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n * F >= PAR_MIN_WORK):
-        for j in range(F):
-            out[i, j] = <floating>((X[i, j] - offset[j]) / scale[j])
+    """out = (X - offset) / scale, in double, rounded to X's dtype; returns the count of
+    +-inf entries of X, made in the same pass."""
+    return _scale(X, offset, scale, False, out, num_threads)
 
 
 def unstandardize(const floating[:, ::1] X, const double[::1] offset, const double[::1] scale,
                   floating[:, ::1] out, int num_threads):
-    """out = X * scale + offset, in double, rounded to X's dtype."""
-    cdef Py_ssize_t i, j, n = X.shape[0], F = X.shape[1]
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n * F >= PAR_MIN_WORK):
-        for j in range(F):
-            out[i, j] = <floating>(X[i, j] * scale[j] + offset[j])
+    """out = X * scale + offset, in double, rounded to X's dtype; returns the count of
+    +-inf entries of X, made in the same pass."""
+    return _scale(X, offset, scale, True, out, num_threads)
 
 
 # ------------------------------------------------------------------ column_minmax

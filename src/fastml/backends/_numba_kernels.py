@@ -995,18 +995,48 @@ def column_stats(X, nchunks):
     return cnt[0], mean[0], m2[0]
 
 
+# standardize / unstandardize count the +-inf entries of X in the same pass
+# (the transform's finite check): ``abs(v) == inf`` is False for NaN, and the
+# count is a branch-free add, so the column loop still vectorizes; each chunk
+# of rows counts into its own slot, summed at the end.
 @twin
-def standardize(X, offset, scale, out):
-    for r in prange(X.shape[0]):
-        for j in range(X.shape[1]):
-            out[r, j] = (np.float64(X[r, j]) - offset[j]) / scale[j]
+def standardize(X, offset, scale, out, nchunks):
+    """out = (X - offset) / scale column-wise, in float64; returns the number
+    of +-inf entries of X."""
+    rows, f = X.shape
+    inf = X.dtype.type(np.inf)
+    counts = np.zeros(nchunks, np.int64)
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        c = 0
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            xr, o = X[r], out[r]
+            for j in range(f):
+                v = xr[j]
+                o[j] = (np.float64(v) - offset[j]) / scale[j]
+                c += abs(v) == inf
+        counts[k] = c
+    return counts.sum()
 
 
 @twin
-def unstandardize(X, offset, scale, out):
-    for r in prange(X.shape[0]):
-        for j in range(X.shape[1]):
-            out[r, j] = np.float64(X[r, j]) * scale[j] + offset[j]
+def unstandardize(X, offset, scale, out, nchunks):
+    """out = X * scale + offset column-wise, in float64; returns the number
+    of +-inf entries of X."""
+    rows, f = X.shape
+    inf = X.dtype.type(np.inf)
+    counts = np.zeros(nchunks, np.int64)
+    per = (rows + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        c = 0
+        for r in range(k * per, min(rows, (k + 1) * per)):
+            xr, o = X[r], out[r]
+            for j in range(f):
+                v = xr[j]
+                o[j] = np.float64(v) * scale[j] + offset[j]
+                c += abs(v) == inf
+        counts[k] = c
+    return counts.sum()
 
 
 @twin

@@ -282,13 +282,13 @@ class CythonBackend(ReferenceBackend):
 
     def standardize(self, X, offset, scale):
         out = np.empty_like(X)
-        _preprocessing.standardize(X, _vec(offset), _vec(scale), out, get_num_threads())
-        return out
+        n_inf = _preprocessing.standardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out, int(n_inf)
 
     def unstandardize(self, X, offset, scale):
         out = np.empty_like(X)
-        _preprocessing.unstandardize(X, _vec(offset), _vec(scale), out, get_num_threads())
-        return out
+        n_inf = _preprocessing.unstandardize(X, _vec(offset), _vec(scale), out, get_num_threads())
+        return out, int(n_inf)
 
     def column_minmax(self, X):
         return _preprocessing.column_minmax(X, get_num_threads())

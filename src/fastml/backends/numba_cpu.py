@@ -108,6 +108,14 @@ def _rows(twin, first, *rest):
     return out
 
 
+def _rows_counted(twin, first, *rest):
+    """Chunked row-wise kernel over (rows, n) arrays that also returns a count
+    (summed over its chunks): ``(out, count)``, out allocated once, like ``first``."""
+    out = np.empty_like(first)
+    n = _run(twin, first.size, first, *rest, out, chunked=True) if out.size else 0
+    return out, int(n)
+
+
 class NumbaBackend(ReferenceBackend):
     name = "numba"
 
@@ -357,11 +365,11 @@ class NumbaBackend(ReferenceBackend):
 
     @op("preprocessing")
     def standardize(self, X, offset, scale):
-        return _rows(K.standardize, X, offset, scale)
+        return _rows_counted(K.standardize, X, offset, scale)
 
     @op("preprocessing")
     def unstandardize(self, X, offset, scale):
-        return _rows(K.unstandardize, X, offset, scale)
+        return _rows_counted(K.unstandardize, X, offset, scale)
 
     @op("preprocessing")
     def column_minmax(self, X):

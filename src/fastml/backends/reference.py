@@ -55,6 +55,21 @@ def _grad_scale(reduction, size, k=1.0):
     return k / size if reduction == "mean" and size else k
 
 
+_SQRT_HALF = 0.7071067811865476        # 1 / sqrt(2)
+_SQRT_2_OVER_PI = 0.7978845608028654   # sqrt(2 / pi)
+_INV_SQRT_2PI = 0.3989422804014327     # 1 / sqrt(2 pi)
+_GELU_KAPPA = 0.044715
+
+
+def _erf(x):
+    from scipy.special import erf  # NumPy has no erf; SciPy is a dependency
+    return erf(x)
+
+
+def _count_inf(X):
+    return int(np.count_nonzero(np.isinf(X)))
+
+
 class ReferenceBackend:
     """NumPy implementations of every fastml op."""
 
@@ -87,6 +102,53 @@ class ReferenceBackend:
     def relu_backward(self, grad_out, x):
         # torch's threshold_backward: x <= 0 -> 0, else grad (relu'(0) = 0).
         return np.where(x <= 0, np.zeros((), x.dtype), grad_out)
+
+    @op("layers")
+    def leaky_relu(self, x, negative_slope):
+        # torch: x > 0 ? x : x * negative_slope (NaN stays NaN)
+        return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+
+    @op("layers")
+    def leaky_relu_backward(self, grad_out, x, negative_slope):
+        # torch's leaky_relu_backward: x > 0 ? grad : grad * negative_slope
+        return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
+
+    @op("layers")
+    def gelu(self, x, approximate):
+        """x * Phi(x) (``'none'``: the normal CDF through erf) or its tanh
+        approximation (``'tanh'``), in float64, rounded once to x's dtype."""
+        x64 = x.astype(np.float64)
+        if approximate == "tanh":
+            cdf = 0.5 * (1 + np.tanh(_SQRT_2_OVER_PI * (x64 + _GELU_KAPPA * x64 ** 3)))
+        else:
+            cdf = 0.5 * (1 + _erf(x64 * _SQRT_HALF))
+        return (x64 * cdf).astype(x.dtype)
+
+    @op("layers")
+    def gelu_backward(self, grad_out, x, approximate):
+        """grad_out * gelu'(x), torch's formulas, in float64, rounded once."""
+        x64 = x.astype(np.float64)
+        if approximate == "tanh":
+            t = np.tanh(_SQRT_2_OVER_PI * (x64 + _GELU_KAPPA * x64 ** 3))
+            d_inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_KAPPA * x64 * x64)
+            grad = 0.5 * (1 + t) + 0.5 * x64 * (1 - t * t) * d_inner
+        else:
+            grad = 0.5 * (1 + _erf(x64 * _SQRT_HALF)) + \
+                x64 * np.exp(-0.5 * x64 * x64) * _INV_SQRT_2PI
+        return (grad_out * grad).astype(x.dtype)
+
+    @op("layers")
+    def silu(self, x):
+        """x * sigmoid(x) = x / (1 + exp(-x)), in float64, rounded once to x's dtype."""
+        x64 = x.astype(np.float64)
+        return (x64 / (1 + np.exp(-x64))).astype(x.dtype)
+
+    @op("layers")
+    def silu_backward(self, grad_out, x):
+        """grad_out * s * (1 + x * (1 - s)), s = sigmoid(x) (torch's formula)."""
+        x64 = x.astype(np.float64)
+        s = 1 / (1 + np.exp(-x64))
+        return (grad_out * (s * (1 + x64 * (1 - s)))).astype(x.dtype)
 
     @op("layers")
     def sigmoid(self, x):
@@ -431,17 +493,21 @@ class ReferenceBackend:
 
     @op("preprocessing")
     def standardize(self, X, offset, scale):
-        """(X - offset) / scale, column-wise; X (n, F), offset and scale float64 (F,).
+        """(X - offset) / scale, column-wise; X (n, F), offset and scale float64 (F,):
+        ``(X', n_inf)``.
 
         Computed in float64 and returned in X's dtype, as scikit-learn's
-        in-place ``X -= mean_; X /= scale_`` does. NaN stays NaN.
+        in-place ``X -= mean_; X /= scale_`` does. NaN stays NaN. ``n_inf``
+        (int) counts the +-inf entries of X: the transform's finite check, made
+        in the same pass.
         """
-        return ((X - offset) / scale).astype(X.dtype, copy=False)
+        return ((X - offset) / scale).astype(X.dtype, copy=False), _count_inf(X)
 
     @op("preprocessing")
     def unstandardize(self, X, offset, scale):
-        """X * scale + offset, column-wise: the inverse of ``standardize``."""
-        return (X * scale + offset).astype(X.dtype, copy=False)
+        """X * scale + offset, column-wise, and the count of +-inf entries of X: the
+        inverse of ``standardize``."""
+        return (X * scale + offset).astype(X.dtype, copy=False), _count_inf(X)
 
 
     @op("preprocessing")

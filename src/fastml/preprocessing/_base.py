@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from .._config import instance as _backend
+
 
 def kernel_input(X):
     """X as the kernels take it: C-contiguous float32/float64.
@@ -26,6 +28,15 @@ def handle_zeros_in_scale(scale):
 def raise_infinity(X):
     """scikit-learn's error for inf in X (its message, so callers matching it work)."""
     raise ValueError(f"Input X contains infinity or a value too large for {X.dtype!r}.")
+
+
+def scaled(op, X, offset, scale):
+    """The backend's ``standardize`` / ``unstandardize`` (``op``) of X, after the
+    finite check that op made in its pass: scikit-learn's ValueError for inf."""
+    out, n_inf = getattr(_backend(), op)(kernel_input(X), offset, scale)
+    if n_inf:
+        raise_infinity(X)
+    return out
 
 
 def finish(out, X, X_in, copy):

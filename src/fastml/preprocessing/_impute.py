@@ -203,12 +203,11 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
                 return self._constant(fill_value, count == 0)
             return np.where(count > 0, mean, empty)
         if strategy == "median":
-            median, low, high = _backend().column_quantiles(X, np.array([0.5, 0.0, 1.0]))
-            # an inf makes the extremes inf or NaN (inf - inf); so does an empty
-            # column (NaN), told apart by looking at that column alone
-            for j in np.flatnonzero(~np.isfinite(low) | ~np.isfinite(high)):
-                if np.isinf(X[:, j]).any():
-                    raise_infinity(X)
+            # the finite check is a pass of its own here: asking the selection for
+            # the extremes too (where an inf would show) measured 3-4x its cost
+            if np.isinf(X).any():
+                raise_infinity(X)
+            median = _backend().column_quantiles(X, np.array([0.5]))[0]
             return np.where(np.isnan(median), empty, median).astype(X.dtype)
         stats = np.empty(X.shape[1])
         for j in range(X.shape[1]):

@@ -13,7 +13,14 @@ from sklearn.utils.validation import (
 )
 
 from .._config import instance as _backend
-from ._base import finish, handle_zeros_in_scale, kernel_input, raise_infinity, reject_sparse
+from ._base import (
+    finish,
+    handle_zeros_in_scale,
+    kernel_input,
+    raise_infinity,
+    reject_sparse,
+    scaled,
+)
 
 _EPS64 = np.finfo(np.float64).eps
 
@@ -157,14 +164,17 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         first call, X must have the features seen before (``ValueError``).
         """
         first_call = not hasattr(self, "n_samples_seen_")
-        X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan",
+        X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite=False,
                           reset=first_call)
         n_features = X.shape[1]
         if sample_weight is None:
             nb, mb, m2b = _backend().column_stats(kernel_input(X))
         else:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-            nb, mb, m2b = _weighted_column_stats(X, sample_weight)
+            with np.errstate(invalid="ignore", over="ignore"):
+                nb, mb, m2b = _weighted_column_stats(X, sample_weight)
+        if not np.isfinite(mb[nb > 0]).all():  # an inf makes its column's mean inf or NaN
+            raise_infinity(X)
 
         zeros = np.zeros(n_features)
         if first_call:
@@ -205,7 +215,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _apply(self, op, X, X_in, copy):
         """Run backend op ``op`` on validated X; in place when asked and possible."""
         offset, scale = self._offset_scale()
-        return finish(getattr(_backend(), op)(kernel_input(X), offset, scale), X, X_in, copy)
+        return finish(scaled(op, X, offset, scale), X, X_in, copy)
 
     def transform(self, X, copy=None):
         """Standardize X with the fitted statistics.
@@ -231,11 +241,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         TypeError
             X is sparse.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "n_samples_seen_")  # unfitted again after a failed fit
         copy = self.copy if copy is None else copy
         X_in = X
-        X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES,
-                          ensure_all_finite="allow-nan")
+        X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, ensure_all_finite=False)
         return self._apply("standardize", X, X_in, copy)
 
     def inverse_transform(self, X, copy=None):
@@ -244,10 +253,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Same arguments, return value and errors as :meth:`transform` (like
         scikit-learn, feature names are not checked here).
         """
-        check_is_fitted(self)
+        check_is_fitted(self, "n_samples_seen_")
         copy = self.copy if copy is None else copy
         X_in = X
-        X = check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan")
+        X = check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite=False)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
                              f"is expecting {self.n_features_in_} features as input.")
@@ -284,11 +293,11 @@ class _RangeScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         copy = self.copy if copy is None else copy
         X_in = X
         reject_sparse(X, type(self).__name__)
+        # no finiteness pass: the transform kernels count the infinities
         if reset_check:
-            X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES,
-                              ensure_all_finite="allow-nan")
+            X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, ensure_all_finite=False)
         else:  # inverse_transform: feature names are not checked, as in scikit-learn
-            X = check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan")
+            X = check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite=False)
             if X.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
                                  f"is expecting {self.n_features_in_} features as input.")
@@ -460,7 +469,7 @@ class MinMaxScaler(_MinMaxFitted):
         return self._forward(*self._validated(X, copy))
 
     def _forward(self, X, X_in, copy):
-        out = _backend().unstandardize(kernel_input(X), self.min_, self.scale_)
+        out = scaled("unstandardize", X, self.min_, self.scale_)
         if self.clip:
             np.clip(out, self.feature_range[0], self.feature_range[1], out=out)
         return finish(out, X, X_in, copy)
@@ -469,7 +478,7 @@ class MinMaxScaler(_MinMaxFitted):
         """Undo :meth:`transform`: ``(X - min_) / scale_``. Same arguments, return
         value and errors as :meth:`transform`."""
         X, X_in, copy = self._validated(X, copy, reset_check=False)
-        return finish(_backend().standardize(kernel_input(X), self.min_, self.scale_),
+        return finish(scaled("standardize", X, self.min_, self.scale_),
                       X, X_in, copy)
 
 
@@ -553,7 +562,7 @@ class MaxAbsScaler(_MinMaxFitted):
         return self._forward(*self._validated(X, copy))
 
     def _forward(self, X, X_in, copy):
-        out = _backend().standardize(kernel_input(X), np.zeros(self.n_features_in_),
+        out = scaled("standardize", X, np.zeros(self.n_features_in_),
                                      self.scale_)
         if self.clip:
             np.clip(out, -1, 1, out=out)
@@ -562,7 +571,7 @@ class MaxAbsScaler(_MinMaxFitted):
     def inverse_transform(self, X, copy=None):
         """``X * scale_``; same arguments, return value and errors as :meth:`transform`."""
         X, X_in, copy = self._validated(X, copy, reset_check=False)
-        return finish(_backend().unstandardize(kernel_input(X), np.zeros(self.n_features_in_),
+        return finish(scaled("unstandardize", X, np.zeros(self.n_features_in_),
                                                self.scale_), X, X_in, copy)
 
 
@@ -726,12 +735,12 @@ class RobustScaler(_RangeScaler):
         shape, X's float dtype; NaN stays NaN. Raises NotFittedError, ValueError
         (features, inf) and TypeError (sparse X)."""
         X, X_in, copy = self._validated(X, copy)
-        return finish(_backend().standardize(kernel_input(X), *self._center_scale()),
+        return finish(scaled("standardize", X, *self._center_scale()),
                       X, X_in, copy)
 
     def inverse_transform(self, X, copy=None):
         """``X * scale_ + center_``; same arguments, return value and errors as
         :meth:`transform`."""
         X, X_in, copy = self._validated(X, copy, reset_check=False)
-        return finish(_backend().unstandardize(kernel_input(X), *self._center_scale()),
+        return finish(scaled("unstandardize", X, *self._center_scale()),
                       X, X_in, copy)

@@ -22,17 +22,22 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 # arrays, i1/i2/i3 int64 arrays, s a scalar of the dtype, i an int64 scalar, b a bool;
 # k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array;
 # u / u1 uint64 scalar / 1-D array (label keys); v1 1-D labels, as the label ops'
-# property tests draw them: int64 in the float32 run, float64 in the float64 run.
+# property tests draw them: int64 in the float32 run, float64 in the float64 run;
+# r the tuple of the dtype of a backward op's root polynomial (numba_cuda._root_poly).
 UNARY = ("f1", "f1", "s")
 BINARY = ("f1", "f1", "f1", "s")
 PARTIALS = ("f1", "f1", "s", "s", "d1")
 KERNELS = {
     "relu": UNARY, "sigmoid": UNARY, "tanh": UNARY,
     "relu_backward": BINARY, "sigmoid_backward": BINARY, "tanh_backward": BINARY,
+    "leaky_relu": UNARY, "leaky_relu_backward": BINARY,
+    "silu": UNARY, "silu_backward": BINARY + ("s", "s", "r"),
+    "gelu_erf": UNARY + ("s",), "gelu_erf_backward": BINARY + ("s",) * 4 + ("r",),
+    "gelu_tanh": UNARY + ("s", "s"), "gelu_tanh_backward": BINARY + ("s",) * 5 + ("r",),
     "squared_error": BINARY, "scaled_diff": BINARY, "abs_error": BINARY, "scaled_sign": BINARY,
     "huber_error": BINARY + ("s",), "huber_grad": BINARY + ("s",),
     "ce_target_weight": ("i1", "f1", "i", "f1", "s"),
-    "affine_cols": ("f2", "d1", "d1", "f2", "b"),
+    "affine_cols": ("f2", "d1", "d1", "f2", "b", "s", "i1"),
     "sgd": ("f1",) * 3 + ("s",) * 4 + ("b",) * 5,
     "adam": ("f1",) * 5 + ("s",) * 8 + ("b",) * 4,
     "rmsprop": ("f1",) * 5 + ("s",) * 6 + ("b",) * 4,
@@ -89,6 +94,7 @@ KERNELS = {
 
 def _signature(kinds, dtype):
     from numba import types
+    from fastml.backends.numba_cuda import _ROOT_DEGREE
     f = types.float32 if dtype == "float32" else types.float64
     u = types.uint32 if dtype == "float32" else types.uint64
     table = {
@@ -98,6 +104,7 @@ def _signature(kinds, dtype):
         "i": types.int64, "b": types.boolean, "k": u, "k2": u[:, ::1],
         "u": types.uint64, "u1": types.uint64[::1],
         "v1": (types.int64 if dtype == "float32" else types.float64)[::1],
+        "r": types.UniTuple(f, 4 + _ROOT_DEGREE),
     }
     return tuple(table[k] for k in kinds)
 
@@ -214,6 +221,8 @@ def test_device_arrays_in_device_arrays_out():
     x = rng.normal(size=(3, 5))
     t = np.array([0, 4, -100])
     cases = [("relu", (x,)), ("softmax", (x,)), ("column_stats", (x,)),
+             ("leaky_relu_backward", (x, x, 0.2)), ("silu_backward", (x, x)),
+             ("gelu", (x, "tanh")), ("gelu_backward", (x, x, "none")),
              ("cross_entropy", (x, t, None, -100, "none", 0.1)),
              ("binary_cross_entropy_with_logits_grad", (x, x, x, "mean", x)),
              ("nll_loss_grad", (x, t, x[0], -100, "mean")),
@@ -247,6 +256,14 @@ def test_device_arrays_in_device_arrays_out():
     want, want_inf = ref.fill_missing(xm, np.nan, np.arange(5.0))
     assert not isinstance(out, np.ndarray) and type(n_bad) is int and n_bad == want_inf == 2
     np.testing.assert_array_equal(out.copy_to_host(), want)
+    off, sc = rng.normal(size=5), rng.random(5) + 0.5
+    for name in ("standardize", "unstandardize"):  # device out, the inf count an int
+        got, n_inf = getattr(be, name)(cuda.to_device(xm), cuda.to_device(off),
+                                       cuda.to_device(sc))
+        want, want_inf = getattr(ref, name)(xm, off, sc)
+        assert not isinstance(got, np.ndarray), f"{name} came back to the host"
+        assert type(n_inf) is int and n_inf == want_inf == 2
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-12, atol=1e-12)
     idx = np.array([[0, 3], [-1, 2], [4, 5]])  # -1 and 5 (== n_columns) set nothing
     got = be.one_hot(cuda.to_device(idx), 5, np.float32)
     assert not isinstance(got, np.ndarray), "one_hot came back to the host"

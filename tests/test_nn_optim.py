@@ -56,9 +56,14 @@ def _away_from_zero(rng, shape):
     lambda rng: nn.Linear(4, 3, dtype=np.float64, rng=rng),
     lambda rng: nn.Linear(4, 3, bias=False, dtype=np.float64, rng=rng),
     lambda rng: nn.ReLU(),
+    lambda rng: nn.LeakyReLU(0.2),
+    lambda rng: nn.GELU(),
+    lambda rng: nn.GELU("tanh"),
+    lambda rng: nn.SiLU(),
     lambda rng: nn.Sequential(nn.Linear(4, 6, dtype=np.float64, rng=rng), nn.ReLU(),
                               nn.Linear(6, 2, dtype=np.float64, rng=rng)),
-], ids=["linear", "linear-nobias", "relu", "sequential"])
+], ids=["linear", "linear-nobias", "relu", "leaky_relu", "gelu", "gelu-tanh", "silu",
+        "sequential"])
 def test_backward_matches_finite_differences(backend, make):
     rng = np.random.default_rng(1)
     m = make(rng)

@@ -68,6 +68,38 @@ def test_elementwise_vs_torch(dtype, name, tfn, from_output):
     np.testing.assert_allclose(got, tx.grad.numpy(), equal_nan=True, **TOL[dtype])
 
 
+ACTIVATIONS = [("leaky_relu", {"negative_slope": 0.01}), ("leaky_relu", {"negative_slope": -0.3}),
+               ("gelu", {"approximate": "none"}), ("gelu", {"approximate": "tanh"}),
+               ("silu", {})]
+
+
+@DTYPES
+@pytest.mark.parametrize("name,kwargs", ACTIVATIONS, ids=lambda a: str(a))
+def test_activations_vs_torch(dtype, name, kwargs):
+    x = np.concatenate([rand(200) * 10, [0.0, -0.0, 1e-30, -1e-30, 8.0, -8.0, 30.0, -30.0],
+                        np.linspace(-6, 6, 49)]).astype(dtype)
+    g = rand(x.size).astype(dtype)
+    tx = t_(x, True)
+    ty = getattr(F, name)(tx, **kwargs)
+    ty.backward(t_(g))
+    np.testing.assert_allclose(getattr(layers, name)(x, **kwargs), ty.detach().numpy(),
+                               **TOL[dtype])
+    np.testing.assert_allclose(getattr(layers, name + "_backward")(g, x, **kwargs),
+                               tx.grad.numpy(), **TOL[dtype])
+
+
+def test_activation_argument_errors():
+    x = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="'approximate'"):
+        layers.gelu(x, approximate="erf")
+    with pytest.raises(ValueError, match="'approximate'"):
+        layers.gelu_backward(x, x, approximate=None)
+    with pytest.raises(TypeError, match="'negative_slope'"):
+        layers.leaky_relu(x, negative_slope="0.1")
+    with pytest.raises(TypeError, match="'x'"):
+        layers.silu(np.ones(3, np.int64))
+
+
 @DTYPES
 @pytest.mark.parametrize("axis", [0, -1])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

@@ -13,7 +13,8 @@ from . import _validate as v
 from ._config import instance as _backend
 
 __all__ = [
-    "linear", "linear_backward", "relu", "relu_backward", "sigmoid", "sigmoid_backward",
+    "linear", "linear_backward", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+    "gelu", "gelu_backward", "silu", "silu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward",
 ]
@@ -100,6 +101,77 @@ def relu_backward(grad_out, x):
     Raises TypeError (dtype) and ValueError (shape mismatch).
     """
     return _backend().relu_backward(*_binary("relu_backward", grad_out, x, "x"))
+
+
+def _slope(op, negative_slope):
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.number)):
+        raise TypeError(f"{op}: argument 'negative_slope' must be a real number, got "
+                        f"{type(negative_slope).__name__}")
+    return float(negative_slope)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """``x if x > 0 else negative_slope * x`` element-wise
+    (``torch.nn.functional.leaky_relu``); any shape, float32/float64.
+
+    NaN stays NaN. Raises TypeError (non-float x, non-real negative_slope).
+    """
+    op = "leaky_relu"
+    return _backend().leaky_relu(_unary(op, x), _slope(op, negative_slope))
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01):
+    """Gradient of :func:`leaky_relu`: ``grad_out`` where ``x > 0``, else
+    ``negative_slope * grad_out`` (torch's ``leaky_relu_backward``; slope at 0).
+
+    grad_out and x share shape and dtype. Raises TypeError / ValueError.
+    """
+    op = "leaky_relu_backward"
+    return _backend().leaky_relu_backward(*_binary(op, grad_out, x, "x"),
+                                          _slope(op, negative_slope))
+
+
+def _approximate(op, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{op}: argument 'approximate' must be 'none' or 'tanh', "
+                         f"got {approximate!r}")
+    return approximate
+
+
+def gelu(x, approximate="none"):
+    """Gaussian error linear unit ``x * Phi(x)`` element-wise
+    (``torch.nn.functional.gelu``); any shape, float32/float64.
+
+    ``approximate='none'``: ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``;
+    ``'tanh'``: ``(1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`` (Hendrycks &
+    Gimpel, 2016). Raises TypeError (dtype) and ValueError (approximate).
+    """
+    op = "gelu"
+    return _backend().gelu(_unary(op, x), _approximate(op, approximate))
+
+
+def gelu_backward(grad_out, x, approximate="none"):
+    """Gradient of :func:`gelu` at x times grad_out (torch's ``gelu_backward``
+    formulas). grad_out and x share shape and dtype. Raises TypeError / ValueError.
+    """
+    op = "gelu_backward"
+    return _backend().gelu_backward(*_binary(op, grad_out, x, "x"),
+                                    _approximate(op, approximate))
+
+
+def silu(x):
+    """Sigmoid linear unit (swish) ``x * sigmoid(x)`` element-wise
+    (``torch.nn.functional.silu``); any shape, float32/float64. Raises TypeError.
+    """
+    return _backend().silu(_unary("silu", x))
+
+
+def silu_backward(grad_out, x):
+    """Gradient of :func:`silu`: ``grad_out * s * (1 + x (1 - s))``, s = sigmoid(x).
+
+    grad_out and x share shape and dtype. Raises TypeError / ValueError.
+    """
+    return _backend().silu_backward(*_binary("silu_backward", grad_out, x, "x"))
 
 
 def sigmoid(x):

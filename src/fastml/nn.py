@@ -22,7 +22,7 @@ import numpy as np
 
 from . import layers
 
-__all__ = ["Module", "Linear", "ReLU", "Sequential"]
+__all__ = ["Module", "Linear", "ReLU", "LeakyReLU", "GELU", "SiLU", "Sequential"]
 
 
 class Module:
@@ -189,6 +189,59 @@ class ReLU(Module):
 
     def backward(self, grad_out):
         return layers.relu_backward(grad_out, self._cached(self._x))
+
+
+class LeakyReLU(Module):
+    """``x if x > 0 else negative_slope * x`` element-wise (``torch.nn.LeakyReLU``)."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return layers.leaky_relu(x, self.negative_slope)
+
+    def backward(self, grad_out):
+        return layers.leaky_relu_backward(grad_out, self._cached(self._x), self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class GELU(Module):
+    """``x * Phi(x)`` element-wise (``torch.nn.GELU``); ``approximate`` 'none' or 'tanh'."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = approximate
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return layers.gelu(x, self.approximate)
+
+    def backward(self, grad_out):
+        return layers.gelu_backward(grad_out, self._cached(self._x), self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    """``x * sigmoid(x)`` element-wise (``torch.nn.SiLU``)."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return layers.silu(x)
+
+    def backward(self, grad_out):
+        return layers.silu_backward(grad_out, self._cached(self._x))
 
 
 class Sequential(Module):

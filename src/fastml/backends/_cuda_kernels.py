@@ -8,7 +8,15 @@ arithmetic to float64, so constants of the array dtype (``zero``, ``one``,
 ``-inf``, scales) are passed in as typed scalars. Only the kernels in
 ``F64_KERNELS`` compute in float64 on purpose, where the reference does.
 
-Element-wise kernels are grid-stride loops over flat arrays. Row-wise kernels
+Element-wise kernels are grid-stride loops over flat arrays. The activations gelu and
+silu compute in the input's dtype (the reference: float64, rounded once) with forms that
+do not cancel: sigmoid and 1 - sigmoid both from exp(-|x|), (1 + erf) as erfc, (1 + tanh u)
+/ 2 as sigmoid(2u); their backward kernels give the derivative the exact zeros of the
+reference's float64 evaluation (``_as_reference``), so an infinite grad_out gives its
++-inf / NaN. Near a derivative's root (gelu: x ~ -0.75, silu: x ~ -1.28) its terms
+cancel, and float32 evaluates a small polynomial fitted to the reference there instead
+(``_near_root``).
+Row-wise kernels
 (softmax family, cross-entropy) give each block whole rows (grid-stride over
 rows) and reduce across the block with a shared-memory tree; blockDim.x is a
 power of two <= MAX_TPB. Warp shuffles would be faster but the simulator,
@@ -267,6 +275,115 @@ def _tanh_backward(g, y, one):
 
 
 @cuda.jit(device=True)
+def _leaky_relu(x, slope):
+    # x > -x exactly when x > 0 (no float literal); NaN fails it and x * slope stays NaN.
+    return x if x > -x else x * slope
+
+
+@cuda.jit(device=True)
+def _leaky_relu_backward(g, x, slope):
+    return g if x > -x else g * slope
+
+
+@cuda.jit(device=True)
+def _sigmoid_pair(x, one):
+    """(sigmoid(x), 1 - sigmoid(x)), each from exp(-|x|): no overflow, and no cancellation
+    in 1 - s; NaN gives (NaN, NaN). exp's argument is never positive (the simulator's
+    math.exp cannot overflow either)."""
+    if x >= one - one:
+        e = math.exp(-x)
+        d = one + e
+        return one / d, e / d
+    e = math.exp(x)
+    d = one + e
+    return e / d, one / d
+
+
+@cuda.jit(device=True)
+def _silu(x, one):
+    s, c = _sigmoid_pair(x, one)
+    return x * s
+
+
+@cuda.jit(device=True)
+def _as_reference(d, x, lo, tiny):
+    """A backward op's derivative d at x with the zeros of the reference's float64
+    evaluation, so that an infinite grad_out gives its -inf / NaN: exactly 0 for x <= lo,
+    where the reference underflows to 0 (NaN, from x = -inf, stays NaN), and -tiny (the
+    dtype's smallest subnormal) where only this dtype underflows (the far left tail, where
+    the derivative is negative)."""
+    zero = tiny - tiny
+    if x <= lo:
+        return d * zero
+    if d == zero:
+        return -tiny
+    return d
+
+
+@cuda.jit(device=True)
+def _near_root(d, x, root):
+    """d, or near the derivative's root its polynomial: root = (r_hi, r_lo, w, a0, ..., an)
+    (``numba_cuda._root_poly``), used where |h| < w, h = x - (r_hi + r_lo) (x - r_hi is
+    exact there). NaN x keeps d."""
+    h = (x - root[0]) - root[1]
+    if abs(h) < root[2]:
+        p = root[len(root) - 1]
+        for k in range(len(root) - 2, 2, -1):
+            p = p * h + root[k]
+        return p
+    return d
+
+
+@cuda.jit(device=True)
+def _silu_backward(g, x, one, lo, tiny, root):
+    # s (1 + x (1 - s)). For x < 0, with e = exp(x): 1 + x (1 - s) = ((1 + x) + e) / (1 + e),
+    # 1 + x exact near the derivative's root (x ~ -1.28), so only exp's error is left to
+    # cancel there; the root polynomial takes over closest to it.
+    if x >= one - one:
+        e = math.exp(-x)
+        d = one + e
+        ds = (one + x * (e / d)) / d
+    else:
+        e = math.exp(x)
+        d = one + e
+        ds = e / d * (((one + x) + e) / d)
+    return g * _as_reference(_near_root(ds, x, root), x, lo, tiny)
+
+
+@cuda.jit(device=True)
+def _gelu_erf(x, half, sqrt_half):
+    # (1 + erf(x / sqrt 2)) as erfc(-x / sqrt 2): exact-relative for x << 0, no cancellation.
+    return x * half * math.erfc(-x * sqrt_half)
+
+
+@cuda.jit(device=True)
+def _gelu_erf_backward(g, x, half, sqrt_half, inv_sqrt_2pi, lo, tiny, root):
+    # Phi(x) + x phi(x): two ~0.23 terms cancel at the root x ~ -0.75, polynomial there.
+    d = half * math.erfc(-x * sqrt_half) + x * math.exp(-half * x * x) * inv_sqrt_2pi
+    return g * _as_reference(_near_root(d, x, root), x, lo, tiny)
+
+
+@cuda.jit(device=True)
+def _gelu_tanh(x, one, kappa, two_c):
+    # (1 + tanh(u)) / 2 = sigmoid(2u), u = sqrt(2/pi) (x + kappa x^3): no cancellation.
+    s, c = _sigmoid_pair(two_c * (x + kappa * (x * x * x)), one)
+    return x * s
+
+
+@cuda.jit(device=True)
+def _gelu_tanh_backward(g, x, one, kappa, two_c, three_kappa, lo, tiny, root):
+    # torch's 0.5 (1 + t) + 0.5 x (1 - t^2) u' with t = tanh(u) = 2s - 1, 1 - t^2 = 4 s (1 - s):
+    # s + x s (1 - s) 2 u'. The u' factor is skipped where x s (1 - s) == 0 (finite x, s == 0
+    # or 1), so an overflowing x^2 there gives s, not 0 * inf; x = +-inf keeps torch's NaN.
+    x2 = x * x
+    s, c = _sigmoid_pair(two_c * (x + kappa * (x2 * x)), one)
+    t = x * s * c
+    if t != one - one:
+        t = t * (two_c * (one + three_kappa * x2))
+    return g * _as_reference(_near_root(s + t, x, root), x, lo, tiny)
+
+
+@cuda.jit(device=True)
 def _squared_error(a, b, unused):
     d = a - b
     return d * d
@@ -309,10 +426,44 @@ sigmoid = _unary(_sigmoid)
 sigmoid_backward = _binary(_sigmoid_backward)
 tanh = _unary(_tanh)
 tanh_backward = _binary(_tanh_backward)
+leaky_relu = _unary(_leaky_relu)
+leaky_relu_backward = _binary(_leaky_relu_backward)
+silu = _unary(_silu)
 squared_error = _binary(_squared_error)
 scaled_diff = _binary(_scaled_diff)
 abs_error = _binary(_abs_error)
 scaled_sign = _binary(_scaled_sign)
+
+
+@cuda.jit
+def gelu_erf(x, out, half, sqrt_half):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _gelu_erf(x[i], half, sqrt_half)
+
+
+@cuda.jit
+def gelu_erf_backward(g, x, out, half, sqrt_half, inv_sqrt_2pi, lo, tiny, root):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _gelu_erf_backward(g[i], x[i], half, sqrt_half, inv_sqrt_2pi, lo, tiny, root)
+
+
+@cuda.jit
+def gelu_tanh(x, out, one, kappa, two_c):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _gelu_tanh(x[i], one, kappa, two_c)
+
+
+@cuda.jit
+def gelu_tanh_backward(g, x, out, one, kappa, two_c, three_kappa, lo, tiny, root):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _gelu_tanh_backward(g[i], x[i], one, kappa, two_c, three_kappa, lo, tiny,
+                                     root)
+
+
+@cuda.jit
+def silu_backward(g, x, out, one, lo, tiny, root):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = _silu_backward(g[i], x[i], one, lo, tiny, root)
 
 
 @cuda.jit
@@ -459,14 +610,24 @@ def nll_grad(target, w, has_w, ignore_index, zero, one, coef, out):
 
 
 @cuda.jit
-def affine_cols(X, offset, scale, out, inverse):
-    """out = (X - offset) / scale, or X * scale + offset (inverse), in float64 per column."""
+def affine_cols(X, offset, scale, out, inverse, inf, partials):
+    """out = (X - offset) / scale, or X * scale + offset (inverse), in float64 per column;
+    partials[block] = the block's count of +-inf entries of X (NaN not counted), in the
+    same grid-stride pass. ``inf`` of X's dtype."""
+    sh = cuda.shared.array(MAX_TPB, int64)
     F = X.shape[1]
+    n_inf = 0
     for i in range(cuda.grid(1), X.size, cuda.gridsize(1)):
         r = i // F
         c = i - r * F
-        v = float(X[r, c])
+        x = X[r, c]
+        if abs(x) == inf:
+            n_inf += 1
+        v = float(x)
         out[r, c] = v * scale[c] + offset[c] if inverse else (v - offset[c]) / scale[c]
+    total = _block_sum(sh, n_inf)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
 
 
 @cuda.jit

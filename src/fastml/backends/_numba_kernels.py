@@ -247,6 +247,34 @@ def _log1p_f64(a):
     return r if (u == 0.0) | (u == np.inf) else fixed
 
 
+@_math
+def _erf_f64(x):
+    """Cephes' erf (as SciPy's): x T(x^2) / U(x^2) for |x| <= 1, else
+    1 - erfc(|x|) with erfc = exp(-x^2) P(|x|) / Q(|x|), signed. Branch-free,
+    so loops of it vectorize (libm's erf is a scalar call). |x| is clamped to
+    6.5 in the erfc part (erf is 1 there in float64; keeps inf out of P/Q)."""
+    a = abs(x)
+    z = x * x
+    t = (((9.60497373987051638749e0 * z + 9.00260197203842689217e1) * z
+          + 2.23200534594684319226e3) * z + 7.00332514112805075473e3) * z + 5.55923013010394962768e4
+    u = ((((z + 3.35617141647503099647e1) * z + 5.21357949780152679795e2) * z
+          + 4.59432382970980127987e3) * z + 2.26290000613890934246e4) * z + 4.92673942608635921086e4
+    small = x * t / u
+    c = a if a < 6.5 else 6.5
+    p = (((((((2.46196981473530512524e-10 * c + 5.64189564831068821977e-1) * c
+              + 7.46321056442269912687e0) * c + 4.86371970985681366614e1) * c
+            + 1.96520832956077098242e2) * c + 5.26445194995477358631e2) * c
+          + 9.34528527171957607540e2) * c + 1.02755188689515710272e3) * c + 5.57535335369399327526e2
+    q = (((((((c + 1.32281951154744992508e1) * c + 8.67072140885989742329e1) * c
+             + 3.54937778887819891062e2) * c + 9.75708501743205489753e2) * c
+           + 1.82390916687909736289e3) * c + 2.24633760818710981792e3) * c
+         + 1.65666309194161350182e3) * c + 5.57535340817727675546e2
+    big = 1.0 - _exp_f64(-(c * c)) * p / q
+    big = -big if x < 0.0 else big
+    r = small if a <= 1.0 else big
+    return x if x != x else r
+
+
 def fexp(x):
     """exp in the argument's precision, vectorizable."""
     return np.exp(x)
@@ -327,6 +355,82 @@ def relu_backward(g, x, out):
     zero = x.dtype.type(0)
     for i in prange(x.size):
         out[i] = zero if x[i] <= zero else g[i]
+
+
+@twin
+def leaky_relu(x, slope, out):
+    zero = x.dtype.type(0)
+    s = x.dtype.type(slope)
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > zero else v * s  # NaN > 0 is False: NaN * s is NaN
+
+
+@twin
+def leaky_relu_backward(g, x, slope, out):
+    zero = x.dtype.type(0)
+    s = x.dtype.type(slope)
+    for i in prange(x.size):
+        out[i] = g[i] if x[i] > zero else g[i] * s
+
+
+# gelu and silu are evaluated in float64 for either dtype and rounded once, as
+# the reference does: near the roots of their derivatives (x ~ -0.752 for
+# gelu', ~ -1.278 for silu') float32 arithmetic cancels badly. The formulas
+# and their order are the reference's, so that a derivative that underflows
+# to 0 does so here too (0 * inf = NaN there as here).
+_SQRT_HALF = 0.7071067811865476        # 1 / sqrt(2)
+_SQRT_2_OVER_PI = 0.7978845608028654   # sqrt(2 / pi)
+_INV_SQRT_2PI = 0.3989422804014327     # 1 / sqrt(2 pi)
+_GELU_KAPPA = 0.044715
+
+
+@twin
+def gelu_erf(x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        out[i] = v * (0.5 * (1.0 + _erf_f64(v * _SQRT_HALF)))
+
+
+@twin
+def gelu_tanh(x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        t = ftanh(_SQRT_2_OVER_PI * (v + _GELU_KAPPA * (v * v * v)))
+        out[i] = v * (0.5 * (1.0 + t))
+
+
+@twin
+def gelu_erf_backward(g, x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        d = 0.5 * (1.0 + _erf_f64(v * _SQRT_HALF)) + v * fexp(-0.5 * v * v) * _INV_SQRT_2PI
+        out[i] = np.float64(g[i]) * d
+
+
+@twin
+def gelu_tanh_backward(g, x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        t = ftanh(_SQRT_2_OVER_PI * (v + _GELU_KAPPA * (v * v * v)))
+        d_inner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_KAPPA * v * v)
+        d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner
+        out[i] = np.float64(g[i]) * d
+
+
+@twin
+def silu(x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        out[i] = v / (1.0 + fexp(-v))
+
+
+@twin
+def silu_backward(g, x, out):
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        s = 1.0 / (1.0 + fexp(-v))
+        out[i] = np.float64(g[i]) * (s * (1.0 + v * (1.0 - s)))
 
 
 @twin

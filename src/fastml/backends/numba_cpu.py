@@ -149,6 +149,31 @@ class NumbaBackend(ReferenceBackend):
         return _map(K.relu_backward, grad_out, x)
 
     @op("layers")
+    def leaky_relu(self, x, negative_slope):
+        return _map(K.leaky_relu, x, float(negative_slope))
+
+    @op("layers")
+    def leaky_relu_backward(self, grad_out, x, negative_slope):
+        return _map(K.leaky_relu_backward, grad_out, x, float(negative_slope))
+
+    @op("layers")
+    def gelu(self, x, approximate):
+        return _map(K.gelu_tanh if approximate == "tanh" else K.gelu_erf, x)
+
+    @op("layers")
+    def gelu_backward(self, grad_out, x, approximate):
+        twin = K.gelu_tanh_backward if approximate == "tanh" else K.gelu_erf_backward
+        return _map(twin, grad_out, x)
+
+    @op("layers")
+    def silu(self, x):
+        return _map(K.silu, x)
+
+    @op("layers")
+    def silu_backward(self, grad_out, x):
+        return _map(K.silu_backward, grad_out, x)
+
+    @op("layers")
     def sigmoid(self, x):
         return _map(K.sigmoid, x)
 

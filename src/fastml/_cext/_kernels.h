@@ -256,6 +256,60 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
     return s;
 }
 
+/* ------------------------------------------------------------- GELU / SiLU */
+/* GELU and SiLU per element in double, with the reference's (torch's) formulas in its
+ * order of operations; the loops of _kernels_impl.h widen float32 inputs, call these and
+ * round once, so a float32 result is the reference's within an ulp, also near the roots
+ * of the derivatives (gelu' at x ~ -0.752, silu' at x ~ -1.278) where float32 arithmetic
+ * would cancel. exp and tanh are the branch-free fm_exp_f64 / fm_tanh_f64 above, so the
+ * SiLU and (float32) tanh-GELU loops vectorize; erf is libm's. No FMA contraction, as in the
+ * losses: derivatives that underflow to 0 must stay 0 (grad * 0 is NaN, not inf, for an
+ * infinite grad). x * x * x is the reference's x ** 3 (correctly rounded for a float32 x:
+ * x * x is exact in double). */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define FM_SQRT_HALF 0.7071067811865476        /* 1 / sqrt(2) */
+#define FM_SQRT_2_OVER_PI 0.7978845608028654   /* sqrt(2 / pi) */
+#define FM_INV_SQRT_2PI 0.3989422804014327     /* 1 / sqrt(2 pi) */
+#define FM_GELU_KAPPA 0.044715
+
+/* tanh(sqrt(2/pi) * (x + kappa * x**3)), of the tanh approximation. libm_tanh (float64
+ * data): libm's tanh, within an ulp of the reference's, as 1 - t*t of the derivative
+ * cancels near |t| = 1 and fm_tanh_f64's few ulps there would be near float64's
+ * tolerance; float32 data rounds that away and takes the vectorizing fm_tanh_f64. */
+static inline double fm_gelu_tanh_t(double x, int libm_tanh) {
+    double u = FM_SQRT_2_OVER_PI * (x + FM_GELU_KAPPA * (x * x * x));
+    return libm_tanh ? tanh(u) : fm_tanh_f64(u);
+}
+
+static inline double fm_gelu_d(double x) {
+    return x * (0.5 * (1 + erf(x * FM_SQRT_HALF)));
+}
+
+static inline double fm_gelu_tanh_d(double x, int libm_tanh) {
+    return x * (0.5 * (1 + fm_gelu_tanh_t(x, libm_tanh)));
+}
+
+/* 0.5 * (1 + erf(x / sqrt 2)) + x * exp(-x*x/2) / sqrt(2 pi) */
+static inline double fm_gelu_grad_d(double x) {
+    return 0.5 * (1 + erf(x * FM_SQRT_HALF)) + x * fm_exp_f64(-0.5 * x * x) * FM_INV_SQRT_2PI;
+}
+
+static inline double fm_gelu_tanh_grad_d(double x, int libm_tanh) {
+    double t = fm_gelu_tanh_t(x, libm_tanh);
+    double d_inner = FM_SQRT_2_OVER_PI * (1 + 3 * FM_GELU_KAPPA * x * x);
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner;
+}
+
+static inline double fm_silu_d(double x) { return x / (1 + fm_exp_f64(-x)); }
+
+/* s * (1 + x * (1 - s)), s = sigmoid(x) */
+static inline double fm_silu_grad_d(double x) {
+    double s = 1 / (1 + fm_exp_f64(-x));
+    return s * (1 + x * (1 - s));
+}
+#pragma GCC pop_options
+
 /* --------------------------------------------------------- type-generic loops */
 #define FM_CAT_(a, b) a##_##b
 #define FM_CAT(a, b) FM_CAT_(a, b)

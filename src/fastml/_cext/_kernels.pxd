@@ -60,6 +60,18 @@ cdef extern from "_kernels.h" nogil:
     void fastml_kl_div_grad_f64(const double* t, double scale, double* out, Py_ssize_t n,
                                 int log_target)
 
+    void fastml_gelu_f32(const float* x, float* out, Py_ssize_t n, int approx_tanh)
+    void fastml_gelu_f64(const double* x, double* out, Py_ssize_t n, int approx_tanh)
+    void fastml_gelu_backward_f32(const float* g, const float* x, float* out, Py_ssize_t n,
+                                  int approx_tanh)
+    void fastml_gelu_backward_f64(const double* g, const double* x, double* out,
+                                  Py_ssize_t n, int approx_tanh)
+    void fastml_silu_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_silu_f64(const double* x, double* out, Py_ssize_t n)
+    void fastml_silu_backward_f32(const float* g, const float* x, float* out, Py_ssize_t n)
+    void fastml_silu_backward_f64(const double* g, const double* x, double* out,
+                                  Py_ssize_t n)
+
     void fastml_adam_f32(float* param, const float* grad, float* m, float* v, float* vmax,
                          Py_ssize_t n, float sign, float b1c, float b2, float b2c, float bc2,
                          float eps, float step_size, float wd, float decay, int coupled,
@@ -87,6 +99,37 @@ cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexc
         fastml_sigmoid_f32(x, out, n)
     else:
         fastml_sigmoid_f64(x, out, n)
+
+
+cdef inline void gelu_k(const floating* x, floating* out, Py_ssize_t n,
+                        int approx_tanh) noexcept nogil:
+    if floating is float:
+        fastml_gelu_f32(x, out, n, approx_tanh)
+    else:
+        fastml_gelu_f64(x, out, n, approx_tanh)
+
+
+cdef inline void gelu_backward_k(const floating* g, const floating* x, floating* out,
+                                 Py_ssize_t n, int approx_tanh) noexcept nogil:
+    if floating is float:
+        fastml_gelu_backward_f32(g, x, out, n, approx_tanh)
+    else:
+        fastml_gelu_backward_f64(g, x, out, n, approx_tanh)
+
+
+cdef inline void silu_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_silu_f32(x, out, n)
+    else:
+        fastml_silu_f64(x, out, n)
+
+
+cdef inline void silu_backward_k(const floating* g, const floating* x, floating* out,
+                                 Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_silu_backward_f32(g, x, out, n)
+    else:
+        fastml_silu_backward_f64(g, x, out, n)
 
 
 cdef inline void tanh_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:

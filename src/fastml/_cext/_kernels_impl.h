@@ -411,6 +411,39 @@ FM_DISPATCH static void FM_FN(fastml_kl_div_grad)(const FM_T *FM_RESTRICT t, FM_
         for (ptrdiff_t i = 0; i < n; i++) out[i] = t[i] * ns;
 }
 
+/* --------------------------------------------------------------- GELU / SiLU */
+/* The double helpers of _kernels.h per element, rounded once to FM_T. approx_tanh picks
+ * GELU's tanh approximation; g * f'(x) is a double product, as in the reference. */
+FM_DISPATCH static void FM_FN(fastml_gelu)(const FM_T *FM_RESTRICT x, FM_T *FM_RESTRICT out, ptrdiff_t n,
+                               int approx_tanh) {
+    if (approx_tanh)
+        for (ptrdiff_t i = 0; i < n; i++)
+            out[i] = (FM_T)fm_gelu_tanh_d((double)x[i], sizeof(FM_T) == 8);
+    else
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (FM_T)fm_gelu_d((double)x[i]);
+}
+
+FM_DISPATCH static void FM_FN(fastml_gelu_backward)(const FM_T *FM_RESTRICT g, const FM_T *FM_RESTRICT x,
+                                        FM_T *FM_RESTRICT out, ptrdiff_t n, int approx_tanh) {
+    if (approx_tanh)
+        for (ptrdiff_t i = 0; i < n; i++)
+            out[i] = (FM_T)((double)g[i] *
+                            fm_gelu_tanh_grad_d((double)x[i], sizeof(FM_T) == 8));
+    else
+        for (ptrdiff_t i = 0; i < n; i++)
+            out[i] = (FM_T)((double)g[i] * fm_gelu_grad_d((double)x[i]));
+}
+
+FM_DISPATCH static void FM_FN(fastml_silu)(const FM_T *FM_RESTRICT x, FM_T *FM_RESTRICT out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (FM_T)fm_silu_d((double)x[i]);
+}
+
+FM_DISPATCH static void FM_FN(fastml_silu_backward)(const FM_T *FM_RESTRICT g, const FM_T *FM_RESTRICT x,
+                                        FM_T *FM_RESTRICT out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = (FM_T)((double)g[i] * fm_silu_grad_d((double)x[i]));
+}
+
 #undef FM_W
 #undef FM_LOSS_BODY
 #undef FM_LOSS_BLOCK

@@ -99,6 +99,34 @@ class CythonBackend(ReferenceBackend):
     def relu_backward(self, grad_out, x):
         return _binary(_elementwise.relu_backward, grad_out, x)
 
+    def leaky_relu(self, x, negative_slope):
+        out = np.empty_like(x)
+        _elementwise.leaky_relu(_flat(x), negative_slope, _flat(out), get_num_threads())
+        return out
+
+    def leaky_relu_backward(self, grad_out, x, negative_slope):
+        out = np.empty_like(x)
+        _elementwise.leaky_relu_backward(_flat(grad_out), _flat(x), negative_slope,
+                                         _flat(out), get_num_threads())
+        return out
+
+    def gelu(self, x, approximate):
+        out = np.empty_like(x)
+        _elementwise.gelu(_flat(x), approximate == "tanh", _flat(out), get_num_threads())
+        return out
+
+    def gelu_backward(self, grad_out, x, approximate):
+        out = np.empty_like(x)
+        _elementwise.gelu_backward(_flat(grad_out), _flat(x), approximate == "tanh",
+                                   _flat(out), get_num_threads())
+        return out
+
+    def silu(self, x):
+        return _unary(_elementwise.silu, x)
+
+    def silu_backward(self, grad_out, x):
+        return _binary(_elementwise.silu_backward, grad_out, x)
+
     def sigmoid(self, x):
         return _unary(_elementwise.sigmoid, x)
 

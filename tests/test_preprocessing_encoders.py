@@ -139,6 +139,17 @@ def test_predefined_categories(backend):
             OneHotEncoder(categories=bad).fit(X)
 
 
+def test_drop_given_categories(backend):
+    """Dropping categories that are not the first: the codes after them shift down."""
+    X = np.array([[1, 5], [2, 5], [2, 6], [3, 7], [3, 6]])
+    for params in [{"drop": [2, 6]}, {"drop": [3, 7], "sparse_output": False}]:
+        ours, ref = OneHotEncoder(**params).fit(X), skp.OneHotEncoder(**params).fit(X)
+        assert list(ours.drop_idx_) == list(ref.drop_idx_)
+        np.testing.assert_array_equal(_dense(ours.transform(X)), _dense(ref.transform(X)))
+        assert list(ours.get_feature_names_out()) == list(ref.get_feature_names_out())
+        np.testing.assert_array_equal(ours.inverse_transform(ours.transform(X)), X)
+
+
 def test_drop_errors(backend):
     X = np.array([[1, 5], [2, 5], [2, 6], [2, 6], [2, 6]])
     with pytest.raises(ValueError, match="`drop` should have length"):

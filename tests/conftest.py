@@ -44,6 +44,35 @@ def _lock_simulator_shared_arrays():
     cls.array = array
 
 
+def _snapshot_simulator_globals():
+    """Make the simulator's swap of the ``cuda`` global thread-safe.
+
+    Around every kernel and device-function call, the simulator (numba 0.68)
+    iterates the function's module globals to find ``cuda``. A thread whose
+    NumPy scalar op warns (float32 overflow in a kernel) makes Python add
+    ``__warningregistry__`` to those same globals, and a sibling thread's
+    iteration then dies with "dictionary changed size during iteration" (seen
+    once in CI). Same swap, over a snapshot: ``dict(globals)`` runs in C,
+    holding the GIL.
+    """
+    from contextlib import contextmanager
+
+    from numba import cuda
+    from numba.cuda.simulator import kernel
+
+    @contextmanager
+    def swapped_cuda_module(fn, fake_cuda_module):
+        fn_globs = fn.__globals__
+        orig = {k: v for k, v in dict(fn_globs).items() if v is cuda}
+        fn_globs.update(dict.fromkeys(orig, fake_cuda_module))
+        try:
+            yield
+        finally:
+            fn_globs.update(orig)
+
+    kernel.swapped_cuda_module = swapped_cuda_module
+
+
 if os.environ.get("FASTML_TEST_GPU", "") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
@@ -51,6 +80,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
     # a short switch interval makes its kernels several times faster.
     sys.setswitchinterval(1e-4)
     _lock_simulator_shared_arrays()
+    _snapshot_simulator_globals()
 os.environ.setdefault("FASTML_STRICT", "1")
 
 from hypothesis import HealthCheck, settings  # noqa: E402

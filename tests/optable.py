@@ -325,6 +325,149 @@ def gelu_inputs(draw, dtype, backward=False):
     return {**d, "approximate": draw(APPROXIMATE)}
 
 
+def _pair_st(lo, hi):
+    """An int or an (h, w) pair, as the public API takes them."""
+    return st.one_of(st.integers(lo, hi), st.tuples(st.integers(lo, hi), st.integers(lo, hi)))
+
+
+def _as_pair(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+@st.composite
+def conv_inputs(draw, dtype, backward=False):
+    """Any stride / padding / dilation whose window fits the padded input; finite
+    values (NaN/inf through a GEMM differ by summation order only in sign of zero)."""
+    n, c, o = draw(st.integers(0, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride, padding, dilation = draw(_pair_st(1, 3)), draw(_pair_st(0, 2)), draw(_pair_st(1, 2))
+    (ph, pw), (dh, dw) = _as_pair(padding), _as_pair(dilation)
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 8))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 8))
+    d = {"x": draw(arrays(dtype, (n, c, h, w), -3, 3, special=False)),
+         "weight": draw(arrays(dtype, (o, c, kh, kw), -3, 3, special=False)),
+         "stride": stride, "padding": padding, "dilation": dilation}
+    if backward:
+        (sh, sw) = _as_pair(stride)
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        d["grad_out"] = draw(arrays(dtype, (n, o, ho, wo), -3, 3, special=False))
+        d["has_bias"] = draw(st.booleans())
+    elif draw(st.booleans()):
+        d["bias"] = draw(arrays(dtype, (o,), -3, 3, special=False))
+    return d
+
+
+@st.composite
+def pool_inputs(draw, dtype, backward=False):
+    """Windows with NaN, +-inf and ties (values drawn from a few integers)."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = draw(st.sampled_from([(kh, kw), kh]))
+    kh, kw = _as_pair(kernel)
+    stride = draw(st.one_of(st.none(), _pair_st(1, 3)))
+    padding = draw(st.one_of(st.just(0), st.tuples(st.integers(0, kh // 2),
+                                                   st.integers(0, kw // 2))))
+    ph, pw = _as_pair(padding)
+    n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(max(1, kh - 2 * ph), 8)), draw(st.integers(max(1, kw - 2 * pw), 8))
+    values = st.one_of(elements(dtype, -5, 5), st.integers(-2, 2).map(float))
+    x = draw(hnp.arrays(dtype, (n, c, h, w), elements=values))
+    d = {"x": x, "kernel_size": kernel, "stride": stride, "padding": padding}
+    if backward:
+        sh, sw = _as_pair(stride if stride is not None else kernel)
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        d["grad_out"] = draw(arrays(dtype, (n, c, ho, wo), -3, 3))
+    return d
+
+
+def _norm_shape(draw, min_values=1):
+    """(N, C), (N, C, L) or (N, C, H, W) with at least ``min_values`` values per channel."""
+    shape = draw(st.one_of(st.tuples(st.integers(1, 9), st.integers(0, 3)),
+                           st.tuples(st.integers(1, 3), st.integers(0, 3), st.integers(1, 5)),
+                           st.tuples(st.integers(1, 3), st.integers(0, 3), st.integers(1, 4),
+                                     st.sampled_from([1, 2, 3, 40]))))
+    m = shape[0] * int(np.prod(shape[2:], dtype=np.int64))
+    if m < min_values:
+        shape = (shape[0] + min_values,) + shape[1:]
+    return shape
+
+
+@st.composite
+def batch_norm_inputs(draw, dtype):
+    training = draw(st.booleans())
+    shape = _norm_shape(draw, 2 if training else 1)
+    c = shape[1]
+    running = not training or draw(st.booleans())
+    d = {"x": draw(arrays(dtype, shape, -10, 10, special=draw(st.booleans()))),
+         "weight": draw(st.one_of(st.none(), arrays(dtype, (c,), -2, 2, special=False))),
+         "bias": draw(st.one_of(st.none(), arrays(dtype, (c,), -2, 2, special=False))),
+         "running_mean": (draw(arrays(dtype, (c,), -2, 2, special=False, layout=False))
+                          if running else None),
+         "running_var": (draw(arrays(dtype, (c,), 0.125, 3, special=False, layout=False))
+                         if running else None),
+         "training": training, "momentum": draw(st.sampled_from([0.1, 0.0, 1.0, 0.37])),
+         "eps": draw(st.sampled_from([1e-5, 1e-3]))}
+    return d
+
+
+@st.composite
+def batch_norm_backward_inputs(draw, dtype):
+    shape = _norm_shape(draw)
+    return {"grad_out": draw(arrays(dtype, shape, -3, 3)),
+            "x": draw(arrays(dtype, shape, -10, 10, special=draw(st.booleans()))),
+            "weight": draw(st.one_of(st.none(), arrays(dtype, shape[1:2], -2, 2, special=False))),
+            "eps": draw(st.sampled_from([1e-5, 1e-3]))}
+
+
+@st.composite
+def layer_norm_inputs(draw, dtype, backward=False):
+    """Normalized over the last one or two axes; rows long enough for vector loops."""
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=4))
+    normalized = draw(st.one_of(st.tuples(row_lengths()), st.tuples(st.integers(1, 4),
+                                                                     st.integers(0, 5))))
+    shape = lead + normalized
+    affine = draw(st.booleans())
+    d = {"x": draw(arrays(dtype, shape, -10, 10, special=draw(st.booleans()))),
+         "normalized_shape": normalized if len(normalized) > 1 or draw(st.booleans())
+         else normalized[0],
+         "weight": draw(arrays(dtype, normalized, -2, 2, special=False)) if affine else None,
+         "eps": draw(st.sampled_from([1e-5, 1e-3]))}
+    if backward:
+        d["grad_out"] = draw(arrays(dtype, shape, -3, 3))
+    elif affine and draw(st.booleans()):
+        d["bias"] = draw(arrays(dtype, normalized, -2, 2, special=False))
+    return d
+
+
+P_DROP = st.sampled_from([0.0, 0.1, 0.5, 0.9])
+
+
+@st.composite
+def dropout_inputs(draw, dtype):
+    return {**draw(unary(dtype)), "p": draw(P_DROP),
+            "seed": draw(st.one_of(st.integers(0, 2 ** 64 - 1), st.sampled_from([0, 1, 2 ** 63])))}
+
+
+@st.composite
+def dropout_backward_inputs(draw, dtype):
+    shape = draw(shapes())
+    return {"grad_out": draw(arrays(dtype, shape)),
+            "mask": draw(hnp.arrays(np.bool_, shape)), "p": draw(P_DROP)}
+
+
+INDEX_DTYPES = st.sampled_from([np.int64, np.int32, np.int16, np.uint8])
+
+
+@st.composite
+def embedding_inputs(draw, dtype, backward=False):
+    num, dim = draw(st.integers(1, 6)), draw(st.one_of(st.integers(0, 5), st.integers(60, 70)))
+    ishape = draw(shapes(min_dims=0, max_dims=2, max_side=8))
+    idx = draw(hnp.arrays(draw(INDEX_DTYPES), ishape, elements=st.integers(0, num - 1)))
+    if backward:  # repeated indices: few embeddings
+        return {"grad_out": draw(arrays(dtype, ishape + (dim,))), "indices": idx,
+                "num_embeddings": num}
+    return {"indices": idx, "weight": draw(arrays(dtype, (num, dim)))}
+
+
 def _peer_activation(fname, **kwargs):
     def run(d):
         torch = _torch()
@@ -415,6 +558,82 @@ def _adagrad(d):
     d = _copy_inplace(d, ("param", "state_sum"))
     optim.adagrad_step(**d)
     return d["param"], d["state_sum"]
+
+
+def _batch_norm(d):
+    d = _copy_inplace(d, ("running_mean", "running_var"))
+    return layers.batch_norm(**d), d["running_mean"], d["running_var"]
+
+
+def _conv_bench(dtype, backward=False):
+    """The issue's case: x 64x32x28x28, weight 64x32x3x3, padding 1."""
+    rng = np.random.default_rng(0)
+    d = {"x": rng.standard_normal((64, 32, 28, 28)).astype(dtype),
+         "weight": rng.standard_normal((64, 32, 3, 3)).astype(dtype) / 17, "padding": 1}
+    if backward:
+        d["grad_out"] = rng.standard_normal((64, 64, 28, 28)).astype(dtype)
+    else:
+        d["bias"] = rng.standard_normal(64).astype(dtype)
+    return d
+
+
+def _pool_bench(dtype, backward=False):
+    """64x32x28x28, 2x2 windows (a CNN's downsampling step)."""
+    rng = np.random.default_rng(0)
+    d = {"x": rng.standard_normal((64, 32, 28, 28)).astype(dtype), "kernel_size": 2}
+    if backward:
+        d["grad_out"] = rng.standard_normal((64, 32, 14, 14)).astype(dtype)
+    return d
+
+
+def _batch_norm_bench(dtype, backward=False):
+    """The issue's case: 64x64x28x28 in training mode."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 64, 28, 28)).astype(dtype)
+    w, b = rng.uniform(0.5, 2, 64).astype(dtype), rng.standard_normal(64).astype(dtype)
+    if backward:
+        return {"grad_out": rng.standard_normal(x.shape).astype(dtype), "x": x, "weight": w}
+    return {"x": x, "weight": w, "bias": b, "running_mean": np.zeros(64, dtype),
+            "running_var": np.ones(64, dtype), "training": True}
+
+
+def _layer_norm_bench(dtype, backward=False):
+    """The issue's case: 4096 x 1024."""
+    rng = np.random.default_rng(0)
+    d = {"x": rng.standard_normal((4096, 1024)).astype(dtype), "normalized_shape": 1024,
+         "weight": rng.uniform(0.5, 2, 1024).astype(dtype)}
+    if backward:
+        d["grad_out"] = rng.standard_normal((4096, 1024)).astype(dtype)
+    else:
+        d["bias"] = rng.standard_normal(1024).astype(dtype)
+    return d
+
+
+def _embedding_bench(dtype, backward=False):
+    """100,000 lookups in a 50,000 x 128 table."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 50_000, 100_000)
+    if backward:
+        return {"grad_out": rng.standard_normal((100_000, 128)).astype(dtype), "indices": idx,
+                "num_embeddings": 50_000}
+    return {"indices": idx, "weight": rng.standard_normal((50_000, 128)).astype(dtype)}
+
+
+def _peer_torch(fname, names, **fixed):
+    """A torch.nn.functional forward on the named arrays (keyword arguments pass through)."""
+    def run(d):
+        torch = _torch()
+        args = [torch.from_numpy(d[k]) if isinstance(d[k], np.ndarray) else d[k] for k in names]
+        kw = {k: v for k, v in d.items() if k not in names and k not in fixed}
+        return getattr(torch.nn.functional, fname)(*args, **kw, **fixed)
+    return run
+
+
+def _peer_batch_norm(d):
+    torch = _torch()
+    t = {k: torch.from_numpy(v) for k, v in d.items() if isinstance(v, np.ndarray)}
+    return torch.nn.functional.batch_norm(t["x"], t["running_mean"], t["running_var"],
+                                          t["weight"], t["bias"], training=True)
 
 
 def _kernel(name):
@@ -622,6 +841,46 @@ ROWS = [
     Row("layers.log_softmax_backward", lambda d: layers.log_softmax_backward(**d),
         lambda t: rowwise(t, ["grad_out", "y"], -10, 0), reduces=True,
         bench=lambda t: _backward_bench(t, layers.log_softmax)),
+    Row("layers.conv2d", lambda d: layers.conv2d(**d), conv_inputs, reduces=True,
+        bench=_conv_bench, peer=_peer_torch("conv2d", ("x", "weight", "bias"))),
+    Row("layers.conv2d_backward", lambda d: layers.conv2d_backward(**d),
+        lambda t: conv_inputs(t, backward=True), reduces=True,
+        bench=lambda t: _conv_bench(t, backward=True)),
+    Row("layers.max_pool2d", lambda d: layers.max_pool2d(**d), pool_inputs, bench=_pool_bench,
+        peer=_peer_torch("max_pool2d", ("x", "kernel_size"))),
+    Row("layers.max_pool2d_backward", lambda d: layers.max_pool2d_backward(**d),
+        lambda t: pool_inputs(t, backward=True), bench=lambda t: _pool_bench(t, backward=True)),
+    Row("layers.avg_pool2d", lambda d: layers.avg_pool2d(**d), pool_inputs, bench=_pool_bench,
+        peer=_peer_torch("avg_pool2d", ("x", "kernel_size"))),
+    Row("layers.avg_pool2d_backward", lambda d: layers.avg_pool2d_backward(**d),
+        lambda t: pool_inputs(t, backward=True), bench=lambda t: _pool_bench(t, backward=True)),
+    Row("layers.batch_norm", _batch_norm, batch_norm_inputs, reduces=True,
+        bench=_batch_norm_bench, bench_call=lambda d: layers.batch_norm(**d),
+        peer=_peer_batch_norm),
+    Row("layers.batch_norm_backward", lambda d: layers.batch_norm_backward(**d),
+        batch_norm_backward_inputs, reduces=True,
+        bench=lambda t: _batch_norm_bench(t, backward=True)),
+    Row("layers.layer_norm", lambda d: layers.layer_norm(**d), layer_norm_inputs, reduces=True,
+        bench=_layer_norm_bench,
+        peer=_peer_torch("layer_norm", ("x", "normalized_shape", "weight", "bias"))),
+    Row("layers.layer_norm_backward", lambda d: layers.layer_norm_backward(**d),
+        lambda t: layer_norm_inputs(t, backward=True), reduces=True,
+        bench=lambda t: _layer_norm_bench(t, backward=True)),
+    Row("layers.dropout", lambda d: layers.dropout(**d), dropout_inputs,
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)},
+        bench=lambda t: {**_ew_bench(t), "p": 0.5, "seed": 0},
+        peer=_peer_torch("dropout", ("x", "p"), training=True)),
+    Row("layers.dropout_backward", lambda d: layers.dropout_backward(**d),
+        dropout_backward_inputs, tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)},
+        bench=lambda t: {"grad_out": _ew_bench(t)["x"], "p": 0.5,
+                         "mask": np.random.default_rng(0).random(4_000_000) < 0.5}),
+    Row("layers.embedding", lambda d: layers.embedding(**d), embedding_inputs,
+        tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)}, bench=_embedding_bench,
+        peer=lambda d: _torch().nn.functional.embedding(_torch().from_numpy(d["indices"]),
+                                                        _torch().from_numpy(d["weight"]))),
+    Row("layers.embedding_backward", lambda d: layers.embedding_backward(**d),
+        lambda t: embedding_inputs(t, backward=True), reduces=True,
+        bench=lambda t: _embedding_bench(t, backward=True)),
     Row("losses.mse_loss", lambda d: losses.mse_loss(**d), mse_inputs, reduces=True,
         bench=_pair_bench, peer=_peer_loss("mse_loss")),
     Row("losses.mse_loss_grad", lambda d: losses.mse_loss_grad(**d), mse_inputs,

@@ -235,6 +235,20 @@ BAD_CALLS = [
      (x32, np.ones((3, 4), f32))),
     (ValueError, "kl_div_grad: reduction", losses.kl_div_grad, (x32, x32, "avg")),
     (TypeError, "'log_target' must be a bool", losses.kl_div, (x32, x32, "sum", "yes")),
+    (ValueError, "conv2d: argument 'weight' of shape .* expects 2 input channels, x has 3",
+     layers.conv2d, (np.ones((1, 3, 5, 5), f32), np.ones((4, 2, 3, 3), f32))),
+    (ValueError, "conv2d: argument 'weight': kernel .* larger than the padded input",
+     layers.conv2d, (np.ones((1, 2, 2, 2), f32), np.ones((4, 2, 3, 3), f32))),
+    (ValueError, "max_pool2d: argument 'kernel_size'.*larger", layers.max_pool2d,
+     (np.ones((1, 1, 2, 2), f32), 3)),
+    (ValueError, "avg_pool2d: argument 'padding'", layers.avg_pool2d,
+     (np.ones((1, 1, 4, 4), f32), 2, 1, 2)),
+    (ValueError, "batch_norm: argument 'x' .* more than 1 value per channel", layers.batch_norm,
+     (np.ones((1, 3), f32), None, None)),
+    (ValueError, "layer_norm: argument 'normalized_shape'", layers.layer_norm, (x32, 4)),
+    (ValueError, r"dropout: argument 'p' must be in \[0.0, 1.0\)", layers.dropout, (x32, 1.0)),
+    (ValueError, r"embedding: argument 'indices' has index 4 out of range \[0, 4\)",
+     layers.embedding, (np.array([0, 4]), np.ones((4, 2), f32))),
 ]
 
 
@@ -294,6 +308,15 @@ def test_zero_size_batches(backend):
         assert losses.binary_cross_entropy_with_logits(empty, empty, reduction="sum") == 0.0
         assert np.isnan(losses.kl_div(empty, empty, reduction="batchmean"))
         assert losses.kl_div_grad(empty, empty, reduction="batchmean").shape == (0, 3)
+        x0, w = np.ones((0, 2, 5, 5), f32), np.ones((3, 2, 3, 3), f32)
+        assert layers.conv2d(x0, w, padding=1).shape == (0, 3, 5, 5)
+        assert [np.shape(g) for g in layers.conv2d_backward(
+            np.ones((0, 3, 3, 3), f32), x0, w)] == [x0.shape, w.shape, (3,)]
+        assert layers.max_pool2d(x0, 2).shape == (0, 2, 2, 2)
+        assert layers.avg_pool2d_backward(np.ones((0, 2, 2, 2), f32), x0, 2).shape == x0.shape
+        assert layers.layer_norm(np.ones((0, 4), f32), 4).shape == (0, 4)
+        assert layers.embedding(np.zeros((0, 3), np.int64), np.ones((2, 5), f32)).shape == (0, 3, 5)
+        assert not layers.embedding_backward(np.ones((0, 5), f32), np.zeros(0, np.int64), 2).any()
 
 
 @pytest.mark.parametrize("backend", [b for b in ACCEL if b != "cuda"])

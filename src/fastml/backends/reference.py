@@ -70,6 +70,104 @@ def _count_inf(X):
     return int(np.count_nonzero(np.isinf(X)))
 
 
+# ------------------------------------------------------------ layer helpers
+def conv_output_size(x_shape, kernel, stride, padding, dilation):
+    """(Ho, Wo) of a convolution or pooling window over x (N, C, H, W) (torch's
+    formula, floor mode): ``(H + 2 p - d (k - 1) - 1) // s + 1``."""
+    return tuple((x_shape[2 + a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1)
+                 // stride[a] + 1 for a in (0, 1))
+
+
+def _windows(x, kernel, stride, padding, dilation, out_hw, fill=0):
+    """Read-only view (N, C, kh, kw, Ho, Wo) of x zero-padded (or ``fill``-padded):
+    ``[n, c, i, j, oh, ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]``."""
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    s = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, x.shape[:2] + tuple(kernel) + tuple(out_hw),
+        (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]), writeable=False)
+
+
+def im2col(x, kernel, stride, padding, dilation, out_hw):
+    """x (N, C, H, W) -> columns (N, C kh kw, Ho Wo), rows ordered (c, i, j)
+    as ``weight.reshape(O, -1)``'s columns."""
+    n, c = x.shape[:2]
+    win = _windows(x, kernel, stride, padding, dilation, out_hw)
+    return win.reshape(n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
+
+
+def col2im(cols, x_shape, kernel, stride, padding, dilation, out_hw):
+    """The transpose of :func:`im2col`: columns (N, C kh kw, Ho Wo) summed back
+    into (N, C, H, W), padding dropped; in cols' dtype."""
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    grad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            grad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                 j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
+    return np.ascontiguousarray(grad[:, :, ph:ph + h, pw:pw + w])
+
+
+def _max_pool_argmax(x, kernel, stride, padding):
+    """(max (N, C, Ho, Wo), flat index h * W + w into each (H, W) plane).
+
+    torch's CPU scan: windows clipped to the input, visited row by row; an
+    element replaces the maximum when it is larger or NaN, so ties keep the
+    first, NaNs the last, and an all -inf window its first element."""
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(x.shape, kernel, stride, padding, (1, 1))
+    r0 = np.arange(ho) * stride[0] - padding[0]
+    c0 = np.arange(wo) * stride[1] - padding[1]
+    best = np.full((n, c, ho, wo), -np.inf, x.dtype)
+    idx = np.broadcast_to(np.maximum(r0, 0)[:, None] * w + np.maximum(c0, 0), best.shape).copy()
+    for i in range(kernel[0]):
+        r = r0 + i
+        for j in range(kernel[1]):
+            col = c0 + j
+            valid = ((r >= 0) & (r < h))[:, None] & ((col >= 0) & (col < w))
+            val = x[:, :, np.clip(r, 0, h - 1)][:, :, :, np.clip(col, 0, w - 1)]
+            take = valid & ((val > best) | np.isnan(val))
+            best = np.where(take, val, best)
+            idx = np.where(take, r[:, None] * w + col, idx)
+    return best, idx
+
+
+def _channel_stats(x64):
+    """Per-channel mean and biased variance of x (N, C, L) in float64, two passes."""
+    mean = x64.mean(axis=(0, 2))
+    var = ((x64 - mean[:, None]) ** 2).mean(axis=(0, 2))
+    return mean, var
+
+
+# splitmix64 (Steele, Lea & Flood 2014): the dropout mask's counter-based hash.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def dropout_threshold(p: float) -> int:
+    """Element i is dropped when the top 53 bits of its hash are below this:
+    ``floor(p 2**53)``, so P(drop) = p to within 2**-53."""
+    return int(p * 2.0 ** 53)
+
+
+def dropout_keep(seed: int, n: int, p: float):
+    """Keep mask (n,) bool: ``splitmix64(seed + (i + 1) * golden) >> 11 >=
+    dropout_threshold(p)``, all arithmetic modulo 2**64."""
+    z = np.uint64(seed) + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)) >= np.uint64(dropout_threshold(p))
+
+
+def dropout_scale(p: float, dtype):
+    """The factor of kept elements, ``1 / (1 - p)`` rounded to ``dtype``."""
+    return np.dtype(dtype).type(1.0 / (1.0 - p))
+
+
 class ReferenceBackend:
     """NumPy implementations of every fastml op."""
 
@@ -191,6 +289,185 @@ class ReferenceBackend:
     def log_softmax_backward(self, grad_out, y):
         """grad_x = grad_out - exp(y) * sum(grad_out) per row."""
         return grad_out - np.exp(y) * grad_out.sum(axis=1, keepdims=True)
+
+    # ------------------------------------------------------------ convolution
+    @op("layers")
+    def conv2d(self, x, weight, bias, stride, padding, dilation):
+        """x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> (N, O, Ho, Wo).
+
+        stride, padding, dilation are (h, w) pairs. Lowered to im2col plus one
+        BLAS GEMM per sample (``np.matmul`` over the batch), in x's dtype.
+        """
+        n, o = x.shape[0], weight.shape[0]
+        ho, wo = conv_output_size(x.shape, weight.shape[2:], stride, padding, dilation)
+        cols = im2col(x, weight.shape[2:], stride, padding, dilation, (ho, wo))
+        out = np.matmul(weight.reshape(o, -1), cols)
+        if bias is not None:
+            out += bias[:, None]
+        return out.reshape(n, o, ho, wo)
+
+    @op("layers")
+    def conv2d_backward(self, grad_out, x, weight, stride, padding, dilation, has_bias):
+        """grad_out (N, O, Ho, Wo) -> (grad_x (N, C, H, W), grad_weight (O, C, kh, kw),
+        grad_bias (O,) or None): two GEMMs and col2im (the transpose of im2col)."""
+        n, o = x.shape[0], weight.shape[0]
+        ho, wo = grad_out.shape[2:]
+        g = grad_out.reshape(n, o, ho * wo)
+        cols = im2col(x, weight.shape[2:], stride, padding, dilation, (ho, wo))
+        grad_weight = np.tensordot(g, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
+        grad_cols = np.matmul(weight.reshape(o, -1).T, g)
+        grad_x = col2im(grad_cols, x.shape, weight.shape[2:], stride, padding, dilation, (ho, wo))
+        grad_bias = grad_out.sum(axis=(0, 2, 3)) if has_bias else None
+        return grad_x, grad_weight.astype(x.dtype, copy=False), grad_bias
+
+    # ---------------------------------------------------------------- pooling
+    @op("layers")
+    def max_pool2d(self, x, kernel_size, stride, padding):
+        """x (N, C, H, W) -> (N, C, Ho, Wo): the maximum of each window; padding
+        never wins, a NaN in a window gives NaN (torch's CPU kernel)."""
+        return _max_pool_argmax(x, kernel_size, stride, padding)[0]
+
+    @op("layers")
+    def max_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        """Each window's grad_out goes to the element :func:`max_pool2d` picked
+        (the first maximum; the last NaN; the window's first element when all are
+        -inf), accumulated where windows overlap."""
+        _, idx = _max_pool_argmax(x, kernel_size, stride, padding)
+        n, c, h, w = x.shape
+        grad = np.zeros((n * c, h * w), np.float64)
+        rows = np.repeat(np.arange(n * c), idx.shape[2] * idx.shape[3])
+        np.add.at(grad, (rows, idx.reshape(-1)), grad_out.reshape(-1))
+        return grad.astype(x.dtype).reshape(x.shape)
+
+    @op("layers")
+    def avg_pool2d(self, x, kernel_size, stride, padding):
+        """x (N, C, H, W) -> (N, C, Ho, Wo): window sums over kh * kw, padding
+        counted as zeros (torch's count_include_pad=True), summed in float64."""
+        kh, kw = kernel_size
+        ho, wo = conv_output_size(x.shape, kernel_size, stride, padding, (1, 1))
+        win = _windows(x.astype(np.float64), kernel_size, stride, padding, (1, 1), (ho, wo))
+        return (win.sum(axis=(2, 3)) / (kh * kw)).astype(x.dtype)
+
+    @op("layers")
+    def avg_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        """grad_out / (kh * kw) spread over each window (accumulated in float64)."""
+        kh, kw = kernel_size
+        n, c = x.shape[:2]
+        ho, wo = grad_out.shape[2:]
+        g = np.broadcast_to((grad_out.astype(np.float64) / (kh * kw))[:, :, None, None],
+                            (n, c, kh, kw, ho, wo)).reshape(n, c * kh * kw, ho * wo)
+        return col2im(g, x.shape, kernel_size, stride, padding, (1, 1), (ho, wo)).astype(x.dtype)
+
+    # ---------------------------------------------------------- normalization
+    @op("layers")
+    def batch_norm(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        """x (N, C, L) -> (N, C, L), statistics per channel over N and L.
+
+        Training: normalizes with the batch mean and biased variance, and updates
+        ``running_mean``/``running_var`` (C,) in place when given, with the
+        unbiased variance: ``r = (1 - momentum) r + momentum * stat`` (torch).
+        Evaluation: normalizes with the running statistics. Statistics and the
+        affine map in float64, rounded once.
+        """
+        x64 = x.astype(np.float64)
+        if training:
+            mean, var = _channel_stats(x64)
+            if running_mean is not None:
+                m = x.shape[0] * x.shape[2]
+                unbiased = var * m / (m - 1)
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+        scale = 1 / np.sqrt(var + eps)
+        shift = -mean * scale
+        if weight is not None:
+            scale, shift = scale * weight, shift * weight
+        if bias is not None:
+            shift = shift + bias
+        return (x64 * scale[:, None] + shift[:, None]).astype(x.dtype)
+
+    @op("layers")
+    def batch_norm_backward(self, grad_out, x, weight, eps):
+        """Training-mode gradients, x and grad_out (N, C, L) -> (grad_x, grad_weight
+        (C,) or None, grad_bias (C,) or None); None when weight is None (no affine).
+
+        ``grad_x = w / sigma * (g - mean(g) - xhat * mean(g * xhat))`` per channel,
+        statistics recomputed from x (torch's batch_norm_backward), in float64."""
+        x64, g = x.astype(np.float64), grad_out.astype(np.float64)
+        mean, var = _channel_stats(x64)
+        invstd = 1 / np.sqrt(var + eps)
+        xhat = (x64 - mean[:, None]) * invstd[:, None]
+        sum_g = g.sum(axis=(0, 2))
+        sum_gx = (g * xhat).sum(axis=(0, 2))
+        m = x.shape[0] * x.shape[2]
+        k = invstd if weight is None else invstd * weight
+        grad_x = k[:, None] * (g - (sum_g / m)[:, None] - xhat * (sum_gx / m)[:, None])
+        if weight is None:
+            return grad_x.astype(x.dtype), None, None
+        return grad_x.astype(x.dtype), sum_gx.astype(x.dtype), sum_g.astype(x.dtype)
+
+    @op("layers")
+    def layer_norm(self, x, weight, bias, eps):
+        """x (rows, n) normalized per row (biased variance), then ``* weight + bias``
+        (each (n,) or None); in float64, rounded once (torch.nn.functional.layer_norm)."""
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=1, keepdims=True)
+        var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
+        y = (x64 - mean) / np.sqrt(var + eps)
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return y.astype(x.dtype)
+
+    @op("layers")
+    def layer_norm_backward(self, grad_out, x, weight, eps):
+        """x, grad_out (rows, n) -> (grad_x, grad_weight (n,) or None, grad_bias
+        (n,) or None); None when weight is None. In float64, rounded once."""
+        x64, g = x.astype(np.float64), grad_out.astype(np.float64)
+        n = x.shape[1]
+        mean = x64.mean(axis=1, keepdims=True)
+        invstd = 1 / np.sqrt(((x64 - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+        xhat = (x64 - mean) * invstd
+        gw = g if weight is None else g * weight
+        grad_x = invstd * (gw - gw.mean(axis=1, keepdims=True)
+                           - xhat * (gw * xhat).mean(axis=1, keepdims=True)) if n else gw
+        if weight is None:
+            return grad_x.astype(x.dtype), None, None
+        return (grad_x.astype(x.dtype), (g * xhat).sum(axis=0).astype(x.dtype),
+                g.sum(axis=0).astype(x.dtype))
+
+    # ------------------------------------------------------ dropout, embedding
+    @op("layers")
+    def dropout(self, x, p, seed):
+        """Training-mode dropout of x (any shape): ``(y, mask)``.
+
+        ``mask[i]`` (flat C order) is :func:`dropout_keep` of ``(seed, i)``: a
+        counter-based hash, so every backend draws the same mask. Kept values
+        are multiplied by ``1 / (1 - p)`` (rounded to x's dtype), dropped ones by
+        0 (so NaN stays NaN, as torch's ``input * noise``).
+        """
+        mask = dropout_keep(seed, x.size, p).reshape(x.shape)
+        return x * np.where(mask, dropout_scale(p, x.dtype), x.dtype.type(0)), mask
+
+    @op("layers")
+    def dropout_backward(self, grad_out, mask, p):
+        """grad_out * (mask ? 1 / (1 - p) : 0)."""
+        return grad_out * np.where(mask, dropout_scale(p, grad_out.dtype), grad_out.dtype.type(0))
+
+    @op("layers")
+    def embedding(self, indices, weight):
+        """indices (n,) int64 in range, weight (num, dim) -> weight[indices] (n, dim)."""
+        return weight[indices]
+
+    @op("layers")
+    def embedding_backward(self, grad_out, indices, num_embeddings):
+        """grad_out (n, dim), indices (n,) -> grad_weight (num_embeddings, dim):
+        rows of repeated indices accumulate (in float64, rounded once)."""
+        grad = np.zeros((num_embeddings, grad_out.shape[1]), np.float64)
+        np.add.at(grad, indices, grad_out)
+        return grad.astype(grad_out.dtype)
 
     # ------------------------------------------------------------------ losses
     @op("losses")

@@ -60,6 +60,24 @@ def test_demo_reaches_accuracy_on_every_cpu_backend():
         assert abs(res["accuracy"] - ref["accuracy"]) <= 0.01, b
 
 
+def test_demo_cnn_reaches_accuracy_on_every_cpu_backend():
+    data = _demo.load_data()
+    ref = _demo.train("numpy", data, epochs=20, seed=0, model="cnn")
+    assert ref["accuracy"] >= 0.97
+    ops = fastml.backend_info()["ops"]
+    for b in fastml.available_backends():
+        if b in ("numpy", "cuda") or any(ops[q][b] != "native" for q in _demo.MODEL_OPS["cnn"]):
+            continue  # FASTML_STRICT: only fully native backends run here
+        res = _demo.train(b, data, epochs=20, seed=0, model="cnn")
+        assert res["accuracy"] >= 0.97, b
+        assert abs(res["accuracy"] - ref["accuracy"]) <= 0.01, b
+
+
+def test_demo_cnn_command():
+    out = _cli("demo", "--model", "cnn", "--backends", "numpy", "--epochs", "1")
+    assert "CNN" in out and "/11" in out
+
+
 def test_demo_is_reproducible_from_seed():
     data = _demo.load_data()
     a = _demo.train("numpy", data, epochs=1, seed=3)

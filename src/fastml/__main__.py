@@ -66,11 +66,13 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from . import _demo
     backends = _backends(args.backends)
-    print(f"Training a 64-{args.hidden}-10 MLP on scikit-learn's digits (75/25 stratified split) "
+    what = (f"a 64-{args.hidden}-10 MLP" if args.model == "mlp" else
+            "a CNN (conv 1->8 3x3 pad 1, ReLU, max-pool 2, linear 128->10)")
+    print(f"Training {what} on scikit-learn's digits (75/25 stratified split) "
           f"with Adam, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")
     headers, rows, results = _demo.run(backends, epochs=args.epochs, seed=args.seed,
                                        batch_size=args.batch_size, lr=args.lr,
-                                       hidden=args.hidden)
+                                       hidden=args.hidden, model=args.model)
     print()
     print(format_table(headers, rows))
     accs = [r["accuracy"] for r in results]
@@ -102,14 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     backends_help = ("backends to run, e.g. 'numpy,numba' (default: every available CPU "
                      "backend; cuda only when named)")
 
-    d = sub.add_parser("demo", help="train a small MLP on the digits data set with each backend")
+    d = sub.add_parser("demo", help="train a small MLP or CNN on the digits data set with "
+                                    "each backend")
+    d.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: 64-hidden-10; cnn: conv2d(1->8, 3x3, pad 1), ReLU, max_pool2d(2), "
+                        "linear")
     d.add_argument("--backends", nargs="+", metavar="NAME", help=backends_help)
     d.add_argument("--epochs", type=_int_at_least(1), default=20)
     d.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="initialisation and batch-order seed")
     d.add_argument("--batch-size", type=_int_at_least(1), default=32)
-    d.add_argument("--lr", type=float, default=1e-3)
-    d.add_argument("--hidden", type=_int_at_least(1), default=128, help="hidden units")
+    d.add_argument("--lr", type=float, default=None,
+                   help="Adam's learning rate (default: 1e-3 mlp, 1e-2 cnn)")
+    d.add_argument("--hidden", type=_int_at_least(1), default=128,
+                   help="hidden units (mlp)")
 
     b = sub.add_parser("bench", help="time the main ops on each backend, PyTorch and scikit-learn")
     b.add_argument("--backends", nargs="+", metavar="NAME", help=backends_help)

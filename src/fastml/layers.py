@@ -355,14 +355,21 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, has_bi
     return (gx[0] if unbatched else gx), gw, gb
 
 
-def _pool_args(op, x, kernel_size, stride, padding):
-    x, unbatched = _image(op, "x", x)
+def pool_geometry(op, kernel_size, stride, padding):
+    """Validated (kernel, stride, padding) pairs of a pooling window; stride
+    defaults to the kernel, padding is at most half the kernel (as torch)."""
     kernel = _pair(op, "kernel_size", kernel_size, 1)
     stride = kernel if stride is None else _pair(op, "stride", stride, 1)
     padding = _pair(op, "padding", padding, 0)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op}: argument 'padding' {padding} must be at most half of "
                          f"kernel_size {kernel}")
+    return kernel, stride, padding
+
+
+def _pool_args(op, x, kernel_size, stride, padding):
+    x, unbatched = _image(op, "x", x)
+    kernel, stride, padding = pool_geometry(op, kernel_size, stride, padding)
     out_hw = _window_output(op, x, kernel, stride, padding, (1, 1), "kernel_size")
     return x, unbatched, kernel, stride, padding, out_hw
 

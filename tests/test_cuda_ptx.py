@@ -23,7 +23,9 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 # k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array;
 # u / u1 uint64 scalar / 1-D array (label keys); v1 1-D labels, as the label ops'
 # property tests draw them: int64 in the float32 run, float64 in the float64 run;
-# r the tuple of the dtype of a backward op's root polynomial (numba_cuda._root_poly).
+# r the tuple of the dtype of a backward op's root polynomial (numba_cuda._root_poly);
+# f3/f4 3-D / 4-D arrays of the dtype, i4 a 4-D int64 array, m1 a 1-D bool array (dropout
+# masks), D a float64 scalar.
 UNARY = ("f1", "f1", "s")
 BINARY = ("f1", "f1", "f1", "s")
 PARTIALS = ("f1", "f1", "s", "s", "d1")
@@ -89,6 +91,28 @@ KERNELS = {
     "head_scatter": ("u1", "i", "b", "u", "i1", "i1"),
     "hist_emit": ("i1", "i1", "i", "i1", "i1"),
     "run_emit": ("u1", "i1", "i", "b", "u", "u", "u1", "i1"),
+    "im2col": ("f4", "f2") + ("i",) * 9 + ("s",),
+    "conv_permute": ("f3", "f3", "f1", "b", "b"),
+    "col2im_gather": ("f2", "f4") + ("i",) * 10 + ("s",),
+    "row_sum": ("f2", "f1", "s"),
+    "max_pool2d_argmax": ("f4", "f4", "i4", "b") + ("i",) * 6 + ("s",),
+    "max_pool2d_backward_gather": ("f4", "i4", "f4") + ("i",) * 6,
+    "avg_pool2d": ("f4", "f4") + ("i",) * 6,
+    "avg_pool2d_backward_gather": ("f4", "f4") + ("i",) * 6,
+    "bn_stats": ("f3", "f3", "b", "d2"),
+    "bn_forward_coef": ("d2",) + ("f1",) * 4 + ("b",) * 4 + ("s", "D", "D", "D", "d2"),
+    "bn_apply": ("f3", "d2", "f3"),
+    "bn_backward_coef": ("d2", "f1", "b", "D", "D", "d2", "f1", "f1"),
+    "bn_backward_apply": ("f3", "f3", "d2", "f3"),
+    "layer_norm_rows": ("f2", "f1", "f1", "b", "b", "D", "f2"),
+    "layer_norm_backward_rows": ("f2", "f2", "f1", "b", "D", "f2", "d2"),
+    "layer_norm_col_partial": ("f2", "f2", "d2", "d3"),
+    "layer_norm_col_merge": ("d3", "f1", "f1"),
+    "dropout": ("f1", "u", "u", "u", "u", "u", "s", "s", "f1", "m1"),
+    "dropout_backward": ("f1", "m1", "s", "s", "f1"),
+    "embedding": ("i1", "f2", "f2"),
+    "embedding_backward_scatter": ("f2", "i1", "d2"),
+    "cast_from_float64": ("d1", "f1"),
 }
 
 
@@ -98,7 +122,8 @@ def _signature(kinds, dtype):
     f = types.float32 if dtype == "float32" else types.float64
     u = types.uint32 if dtype == "float32" else types.uint64
     table = {
-        "f1": f[::1], "f2": f[:, ::1], "s": f,
+        "f1": f[::1], "f2": f[:, ::1], "f3": f[:, :, ::1], "f4": f[:, :, :, ::1], "s": f,
+        "i4": types.int64[:, :, :, ::1], "m1": types.boolean[::1], "D": types.float64,
         "d1": types.float64[::1], "d2": types.float64[:, ::1], "d3": types.float64[:, :, ::1],
         "i1": types.int64[::1], "i2": types.int64[:, ::1], "i3": types.int64[:, :, ::1],
         "i": types.int64, "b": types.boolean, "k": u, "k2": u[:, ::1],

@@ -62,7 +62,7 @@ stage for the bitonic steps with j < blockDim would cut launches and traffic.
 import math
 
 import numpy as np
-from numba import config, cuda, float64, int64
+from numba import config, cuda, float64, int64, uint64
 
 _SIM = bool(config.ENABLE_CUDASIM)
 
@@ -74,6 +74,9 @@ QG = 4 if _SIM else 8                     # quantile select: targets (order stat
 
 # Kernels that compute in float64 even for float32 input, as the reference does:
 # loss scalars and preprocessing statistics/transforms.
+_POOL = "avg_pool2d sums and the pooling gradients accumulate in float64 (reference), rounded once"
+_NORM = ("batch_norm / layer_norm statistics and affine maps in float64 (reference), "
+         "rounded once")
 _PARTIALS = "scalar losses accumulate in float64 (reference sums with dtype=float64)"
 F64_KERNELS = {
     "sum_partials": _PARTIALS, "squared_error_partials": _PARTIALS,
@@ -89,6 +92,15 @@ F64_KERNELS = {
     "quantile_lerp": "column_quantiles is float64 by contract (reference interpolates in float64)",
     "normalize_rows": "norms accumulate in float64 (reference), rounded to X's dtype to divide",
     "fill_missing": "fill is float64 by contract, rounded to X's dtype as it is written",
+    "max_pool2d_backward_gather": _POOL, "avg_pool2d": _POOL,
+    "avg_pool2d_backward_gather": _POOL,
+    "bn_stats": _NORM, "bn_forward_coef": _NORM, "bn_apply": _NORM,
+    "bn_backward_coef": _NORM, "bn_backward_apply": _NORM,
+    "layer_norm_rows": _NORM, "layer_norm_backward_rows": _NORM,
+    "layer_norm_col_partial": _NORM, "layer_norm_col_merge": _NORM,
+    "embedding_backward_scatter": "rows of repeated indices accumulate in float64 "
+                                  "(reference: float64 np.add.at), with float64 atomics",
+    "cast_from_float64": "rounds a float64 accumulator to the dtype (embedding_backward)",
 }
 
 
@@ -1544,3 +1556,526 @@ def gemm(a, b, bias, out, trans_a, trans_b, has_bias, zero):
         if has_bias:
             acc += bias[j]
         out[i, j] = acc
+
+
+# ------------------------------------------------------------------ layers: conv
+# conv2d is im2col + ONE GEMM over the whole batch: the columns are laid out
+# (C kh kw, N Ho Wo) (samples side by side along the GEMM's N dimension), so
+# out2 (O, N Ho Wo) = weight (O, C kh kw) @ cols, and a permute kernel moves it to
+# (N, O, Ho Wo) with the bias added. The backward pass permutes grad_out to
+# (O, N Ho Wo) the same way: grad_weight = g2 @ cols.T, grad_cols = weight.T @ g2
+# (both the tiled ``gemm``), then ``col2im_gather`` sums, per pixel of grad_x, the
+# column entries that map to it (a gather: no atomics, deterministic).
+@cuda.jit
+def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, wo, zero):
+    """cols[(c kh + i) kw + j, (n Ho + oh) Wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); grid-stride over cols. x (N, C, H, W), cols (C kh kw, N Ho Wo)."""
+    n_img, C, H, W = x.shape
+    NP = cols.shape[1]
+    P = NP // n_img
+    for e in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
+        k = e // NP
+        q = e - k * NP
+        n = q // P
+        p = q - n * P
+        oh = p // wo
+        ow = p - oh * wo
+        c = k // (kh * kw)
+        r = k - c * (kh * kw)
+        i = r // kw
+        j = r - i * kw
+        y = oh * sh - ph + i * dh
+        xx = ow * sw - pw + j * dw
+        if 0 <= y < H and 0 <= xx < W:
+            cols[k, q] = x[n, c, y, xx]
+        else:
+            cols[k, q] = zero
+
+
+@cuda.jit
+def conv_permute(src, dst, bias, has_bias, to_batch):
+    """Between the GEMM layout (O, N P) and the batch layout (N, O, P), flat arrays.
+
+    to_batch: dst (N, O, P) [n, o, p] = src[o, n P + p] (+ bias[o]); else the reverse
+    (no bias): dst (O, N P) [o, n P + p] = src (N, O, P) [n, o, p]. ``src``/``dst`` are 3-D
+    views (N, O, P) / (O, N, P) of the two layouts.
+    """
+    if to_batch:
+        N, O, P = dst.shape
+    else:
+        N, O, P = src.shape
+    total = N * O * P
+    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+        n = e // (O * P)
+        r = e - n * (O * P)
+        o = r // P
+        p = r - o * P
+        if to_batch:
+            v = src[o, n, p]
+            if has_bias:
+                v += bias[o]
+            dst[n, o, p] = v
+        else:
+            dst[o, n, p] = src[n, o, p]
+
+
+@cuda.jit
+def col2im_gather(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, zero):
+    """out (N, C, H, W) [n, c, y, x] = sum of the cols (C kh kw, N Ho Wo) entries that
+    im2col read from (y, x): over the kernel offsets (i, j) in order, those with
+    ``y + ph - i dh = oh sh`` and ``x + pw - j dw = ow sw`` inside the output grid."""
+    N, C, H, W = out.shape
+    P = ho * wo
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        n = e // (C * H * W)
+        r = e - n * (C * H * W)
+        c = r // (H * W)
+        r -= c * (H * W)
+        y = r // W
+        xx = r - y * W
+        acc = zero
+        for i in range(kh):
+            ty = y + ph - i * dh
+            if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+                continue
+            oh = ty // sh
+            for j in range(kw):
+                tx = xx + pw - j * dw
+                if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                    continue
+                acc += cols[(c * kh + i) * kw + j, n * P + oh * wo + tx // sw]
+        out[n, c, y, xx] = acc
+
+
+@cuda.jit
+def row_sum(X, out, zero):
+    """out[r] = sum of row r of X (rows, n), in X's dtype: one block per row
+    (grid-stride over rows), a shared-memory tree across the block."""
+    sh = cuda.shared.array(MAX_TPB, X.dtype)
+    t = cuda.threadIdx.x
+    rows, n = X.shape
+    for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+        acc = zero
+        for j in range(t, n, cuda.blockDim.x):
+            acc += X[r, j]
+        total = _block_sum(sh, acc)
+        if t == 0:
+            out[r] = total
+
+
+# --------------------------------------------------------------- layers: pooling
+@cuda.jit
+def max_pool2d_argmax(x, out, idx, want_idx, kh, kw, sh, sw, ph, pw, neg_inf):
+    """One thread per output element (grid-stride): torch's CPU scan, as the reference's
+    ``_max_pool_argmax``: the window clipped to the input, visited row by row; an element
+    replaces the maximum when larger or NaN; the index starts at the window's first
+    in-bounds element and the maximum at -inf. out (N, C, Ho, Wo); idx (same shape,
+    int64, ``h W + w``) written when ``want_idx``."""
+    N, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        nc = e // (ho * wo)
+        r = e - nc * (ho * wo)
+        oh = r // wo
+        ow = r - oh * wo
+        n = nc // C
+        c = nc - n * C
+        r0 = oh * sh - ph
+        c0 = ow * sw - pw
+        best = neg_inf
+        bi = (r0 if r0 > 0 else 0) * W + (c0 if c0 > 0 else 0)
+        for i in range(kh):
+            y = r0 + i
+            if y < 0 or y >= H:
+                continue
+            for j in range(kw):
+                xx = c0 + j
+                if xx < 0 or xx >= W:
+                    continue
+                v = x[n, c, y, xx]
+                if v > best or v != v:
+                    best = v
+                    bi = y * W + xx
+        out[n, c, oh, ow] = best
+        if want_idx:
+            idx[n, c, oh, ow] = bi
+
+
+@cuda.jit
+def max_pool2d_backward_gather(grad_out, idx, out, kh, kw, sh, sw, ph, pw):
+    """out (N, C, H, W) [n, c, y, x] = the float64 sum (rounded once) of grad_out over the
+    windows whose argmax (``idx`` from ``max_pool2d_argmax``) is (y, x), in the windows'
+    row-major order (as the reference's np.add.at): a gather, no atomics."""
+    N, C, H, W = out.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        nc = e // (H * W)
+        flat = e - nc * (H * W)
+        n = nc // C
+        c = nc - n * C
+        y = flat // W
+        xx = flat - y * W
+        acc = 0.0
+        for ii in range(kh):
+            ty = y + ph - (kh - 1 - ii)  # window row oh ascending
+            if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+                continue
+            oh = ty // sh
+            for jj in range(kw):
+                tx = xx + pw - (kw - 1 - jj)
+                if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                    continue
+                ow = tx // sw
+                if idx[n, c, oh, ow] == flat:
+                    acc += float64(grad_out[n, c, oh, ow])
+        out[n, c, y, xx] = acc
+
+
+@cuda.jit
+def avg_pool2d(x, out, kh, kw, sh, sw, ph, pw):
+    """One thread per output element: the float64 window sum (padding counts as 0) over
+    kh kw, rounded once (count_include_pad, as the reference)."""
+    N, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    area = float64(kh * kw)
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        nc = e // (ho * wo)
+        r = e - nc * (ho * wo)
+        oh = r // wo
+        ow = r - oh * wo
+        n = nc // C
+        c = nc - n * C
+        r0 = oh * sh - ph
+        c0 = ow * sw - pw
+        acc = 0.0
+        for i in range(kh):
+            y = r0 + i
+            if y < 0 or y >= H:
+                continue
+            for j in range(kw):
+                xx = c0 + j
+                if 0 <= xx < W:
+                    acc += float64(x[n, c, y, xx])
+        out[n, c, oh, ow] = acc / area
+
+
+@cuda.jit
+def avg_pool2d_backward_gather(grad_out, out, kh, kw, sh, sw, ph, pw):
+    """out (N, C, H, W) [n, c, y, x] = float64 sum of grad_out / (kh kw) over the windows
+    that cover (y, x) (the reference's col2im, in its kernel-offset order), rounded once."""
+    N, C, H, W = out.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    area = float64(kh * kw)
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        nc = e // (H * W)
+        flat = e - nc * (H * W)
+        n = nc // C
+        c = nc - n * C
+        y = flat // W
+        xx = flat - y * W
+        acc = 0.0
+        for i in range(kh):
+            ty = y + ph - i
+            if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+                continue
+            oh = ty // sh
+            for j in range(kw):
+                tx = xx + pw - j
+                if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                    continue
+                acc += float64(grad_out[n, c, oh, tx // sw]) / area
+        out[n, c, y, xx] = acc
+
+
+# ---------------------------------------------------------- layers: normalization
+# Statistics in float64 for both dtypes, two passes (mean, then squared deviations),
+# as the reference's ``_channel_stats`` / layer_norm: one block per channel (batch_norm)
+# or row (layer_norm), grid-stride, shared-memory tree sums.
+@cuda.jit
+def bn_stats(x, g, has_g, stats):
+    """stats (4, C) float64 per channel of x (N, C, L): mean, biased variance (two passes)
+    and, when ``has_g`` (g like x), sum(g) and sum(g (x - mean))."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    t = cuda.threadIdx.x
+    N, C, L = x.shape
+    m = N * L
+    for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+        acc = 0.0
+        for e in range(t, m, cuda.blockDim.x):
+            n = e // L
+            acc += float64(x[n, c, e - n * L])
+        mean = _block_sum(sh, acc) / float64(m)
+        acc = 0.0
+        sg = 0.0
+        sgd = 0.0
+        for e in range(t, m, cuda.blockDim.x):
+            n = e // L
+            d = float64(x[n, c, e - n * L]) - mean
+            acc += d * d
+            if has_g:
+                gv = float64(g[n, c, e - n * L])
+                sg += gv
+                sgd += gv * d
+        var = _block_sum(sh, acc) / float64(m)
+        if has_g:
+            sg = _block_sum(sh, sg)
+            sgd = _block_sum(sh, sgd)
+        if t == 0:
+            stats[0, c] = mean
+            stats[1, c] = var
+            stats[2, c] = sg
+            stats[3, c] = sgd
+
+
+@cuda.jit
+def bn_forward_coef(stats, weight, bias, rmean, rvar, has_w, has_b, training, update,
+                    one_m_mom, mom, fm, eps, coef):
+    """One thread per channel: coef (2, C) float64 = (scale, shift) of y = x scale + shift.
+
+    Training: the batch statistics, and when ``update`` the running ones in place as the
+    reference: ``(1 - momentum) r`` in r's dtype (``one_m_mom``), plus ``momentum * stat``
+    in float64 (unbiased variance ``var m / (m - 1)``), rounded once. Evaluation: the
+    running statistics."""
+    for c in range(cuda.grid(1), coef.shape[1], cuda.gridsize(1)):
+        if training:
+            mean = stats[0, c]
+            var = stats[1, c]
+            if update:
+                unbiased = var * fm / (fm - 1.0)
+                rmean[c] = float64(one_m_mom * rmean[c]) + mom * mean
+                rvar[c] = float64(one_m_mom * rvar[c]) + mom * unbiased
+        else:
+            mean = float64(rmean[c])
+            var = float64(rvar[c])
+        scale = 1.0 / _sqrt(var + eps)
+        shift = -mean * scale
+        if has_w:
+            w = float64(weight[c])
+            scale = scale * w
+            shift = shift * w
+        if has_b:
+            shift = shift + float64(bias[c])
+        coef[0, c] = scale
+        coef[1, c] = shift
+
+
+@cuda.jit
+def bn_apply(x, coef, out):
+    """out = x coef[0, c] + coef[1, c] in float64, rounded once; x, out (N, C, L) flat."""
+    N, C, L = x.shape
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        n = e // (C * L)
+        r = e - n * (C * L)
+        c = r // L
+        l = r - c * L
+        out[n, c, l] = _mul_rn(float64(x[n, c, l]), coef[0, c]) + coef[1, c]
+
+
+@cuda.jit
+def bn_backward_coef(stats, weight, has_w, fm, eps, coef, grad_weight, grad_bias):
+    """One thread per channel: coef (5, C) float64 = (mean, invstd, k, sum_g / m,
+    sum_gx / m) with xhat = (x - mean) invstd, sum_gx = sum(g xhat), k = invstd (* weight);
+    grad_weight = sum_gx, grad_bias = sum_g in the dtype when ``has_w``."""
+    for c in range(cuda.grid(1), coef.shape[1], cuda.gridsize(1)):
+        mean = stats[0, c]
+        invstd = 1.0 / _sqrt(stats[1, c] + eps)
+        sum_g = stats[2, c]
+        sum_gx = stats[3, c] * invstd if fm > 0.0 else 0.0  # no values: 0, not 0 * NaN
+        k = invstd
+        if has_w:
+            k = invstd * float64(weight[c])
+            grad_weight[c] = sum_gx
+            grad_bias[c] = sum_g
+        coef[0, c] = mean
+        coef[1, c] = invstd
+        coef[2, c] = k
+        coef[3, c] = sum_g / fm
+        coef[4, c] = sum_gx / fm
+
+
+@cuda.jit
+def bn_backward_apply(g, x, coef, out):
+    """grad_x = k (g - sum_g / m - xhat sum_gx / m) per element, float64, rounded once."""
+    N, C, L = x.shape
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        n = e // (C * L)
+        r = e - n * (C * L)
+        c = r // L
+        l = r - c * L
+        xhat = (float64(x[n, c, l]) - coef[0, c]) * coef[1, c]
+        out[n, c, l] = coef[2, c] * (float64(g[n, c, l]) - coef[3, c] - xhat * coef[4, c])
+
+
+@cuda.jit
+def layer_norm_rows(x, weight, bias, has_w, has_b, eps, out):
+    """One block per row of x (rows, n): float64 mean and biased variance (two passes),
+    y = (x - mean) / sqrt(var + eps) (* weight) (+ bias), rounded once."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    t = cuda.threadIdx.x
+    rows, n = x.shape
+    fn = float64(n)
+    for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+        acc = 0.0
+        for j in range(t, n, cuda.blockDim.x):
+            acc += float64(x[r, j])
+        mean = _block_sum(sh, acc) / fn
+        acc = 0.0
+        for j in range(t, n, cuda.blockDim.x):
+            d = float64(x[r, j]) - mean
+            acc += d * d
+        std = _sqrt(_block_sum(sh, acc) / fn + eps)
+        for j in range(t, n, cuda.blockDim.x):
+            y = (float64(x[r, j]) - mean) / std
+            if has_w:
+                y = y * float64(weight[j])
+            if has_b:
+                y = y + float64(bias[j])
+            out[r, j] = y
+
+
+@cuda.jit
+def layer_norm_backward_rows(g, x, weight, has_w, eps, out, rowstats):
+    """One block per row: float64 mean, invstd = 1 / sqrt(var + eps), gw = g (* weight),
+    grad_x = invstd (gw - mean(gw) - xhat mean(gw xhat)), rounded once; rowstats (2, rows)
+    gets (mean, invstd) for the column sums of grad_weight."""
+    sh = cuda.shared.array(MAX_TPB, float64)
+    t = cuda.threadIdx.x
+    rows, n = x.shape
+    fn = float64(n)
+    for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+        acc = 0.0
+        for j in range(t, n, cuda.blockDim.x):
+            acc += float64(x[r, j])
+        mean = _block_sum(sh, acc) / fn
+        acc = 0.0
+        sg = 0.0
+        sgd = 0.0
+        for j in range(t, n, cuda.blockDim.x):
+            d = float64(x[r, j]) - mean
+            acc += d * d
+            gw = float64(g[r, j])
+            if has_w:
+                gw = gw * float64(weight[j])
+            sg += gw
+            sgd += gw * d
+        invstd = 1.0 / _sqrt(_block_sum(sh, acc) / fn + eps)
+        mg = _block_sum(sh, sg) / fn
+        mgx = _block_sum(sh, sgd) * invstd / fn
+        for j in range(t, n, cuda.blockDim.x):
+            xhat = (float64(x[r, j]) - mean) * invstd
+            gw = float64(g[r, j])
+            if has_w:
+                gw = gw * float64(weight[j])
+            out[r, j] = invstd * (gw - mg - xhat * mgx)
+        if t == 0:
+            rowstats[0, r] = mean
+            rowstats[1, r] = invstd
+
+
+@cuda.jit
+def layer_norm_col_partial(g, x, rowstats, part):
+    """part (2, blocks-y, n) float64: per column, the sums of g xhat and g over a slice
+    of rows (the column-reduction pattern: threads x on columns, y on rows)."""
+    sh = cuda.shared.array((2, COL_Y, COL_X), float64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * COL_X + tx
+    rows, n = x.shape
+    sgx = 0.0
+    sg = 0.0
+    if col < n:
+        for r in range(cuda.blockIdx.y * COL_Y + ty, rows, COL_Y * cuda.gridDim.y):
+            gv = float64(g[r, col])
+            sgx += gv * ((float64(x[r, col]) - rowstats[0, r]) * rowstats[1, r])
+            sg += gv
+    sh[0, ty, tx] = sgx
+    sh[1, ty, tx] = sg
+    cuda.syncthreads()
+    h = COL_Y // 2
+    while h > 0:
+        if ty < h:
+            sh[0, ty, tx] += sh[0, ty + h, tx]
+            sh[1, ty, tx] += sh[1, ty + h, tx]
+        cuda.syncthreads()
+        h //= 2
+    if ty == 0 and col < n:
+        part[0, cuda.blockIdx.y, col] = sh[0, 0, tx]
+        part[1, cuda.blockIdx.y, col] = sh[1, 0, tx]
+
+
+@cuda.jit
+def layer_norm_col_merge(part, grad_weight, grad_bias):
+    """grad_weight, grad_bias (n,) = the float64 sums of the partials, rounded once."""
+    for c in range(cuda.grid(1), part.shape[2], cuda.gridsize(1)):
+        sgx = 0.0
+        sg = 0.0
+        for b in range(part.shape[1]):
+            sgx += part[0, b, c]
+            sg += part[1, b, c]
+        grad_weight[c] = sgx
+        grad_bias[c] = sg
+
+
+# ------------------------------------------------------- layers: dropout, embedding
+if _SIM:
+    def _mul_u64(a, b):
+        """a * b modulo 2**64 (the simulator: Python ints, NumPy scalars would warn)."""
+        return np.uint64((int(a) * int(b)) & 0xFFFFFFFFFFFFFFFF)
+else:
+    @cuda.jit(device=True)
+    def _mul_u64(a, b):
+        return a * b
+
+
+@cuda.jit(device=True)
+def _splitmix_keep(seed, i, threshold, golden, mix1, mix2):
+    """The reference's ``dropout_keep`` of element i: all uint64, modulo 2**64."""
+    z = seed + _mul_u64(uint64(i + 1), golden)
+    z = _mul_u64(z ^ (z >> uint64(30)), mix1)
+    z = _mul_u64(z ^ (z >> uint64(27)), mix2)
+    z = z ^ (z >> uint64(31))
+    return (z >> uint64(11)) >= threshold
+
+
+@cuda.jit
+def dropout(x, seed, threshold, golden, mix1, mix2, scale, zero, out, mask):
+    """mask[i] = splitmix64 keep bit of (seed, i); out[i] = x[i] (scale or 0); flat."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        keep = _splitmix_keep(seed, i, threshold, golden, mix1, mix2)
+        mask[i] = keep
+        out[i] = x[i] * (scale if keep else zero)
+
+
+@cuda.jit
+def dropout_backward(g, mask, scale, zero, out):
+    """out[i] = g[i] (scale where mask[i], else 0); flat."""
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        out[i] = g[i] * (scale if mask[i] else zero)
+
+
+@cuda.jit
+def embedding(indices, weight, out):
+    """out (n, dim) [i, j] = weight[indices[i], j]; grid-stride over out."""
+    dim = weight.shape[1]
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        i = e // dim
+        j = e - i * dim
+        out[i, j] = weight[indices[i], j]
+
+
+@cuda.jit
+def embedding_backward_scatter(grad_out, indices, acc):
+    """acc (num, dim) float64 (zeroed) [indices[i], j] += grad_out[i, j]: float64
+    atomics, one thread per grad_out element (the order of the adds varies; float64
+    keeps the result within rounding of the reference's float64 np.add.at)."""
+    dim = grad_out.shape[1]
+    for e in range(cuda.grid(1), grad_out.size, cuda.gridsize(1)):
+        i = e // dim
+        j = e - i * dim
+        cuda.atomic.add(acc, (indices[i], j), float64(grad_out[i, j]))
+
+
+@cuda.jit
+def cast_from_float64(src, out):
+    """out = src rounded to out's dtype; flat."""
+    for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+        out[i] = src[i]

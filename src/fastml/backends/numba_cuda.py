@@ -8,7 +8,12 @@ param and state back into NumPy arrays that were passed in.
 
 GEMM: numba.cuda has no cuBLAS binding, so ``linear`` / ``linear_backward``
 run a tiled shared-memory GEMM kernel with the bias add fused; it is correct
-but well below cuBLAS speed on large matrices.
+but well below cuBLAS speed on large matrices. conv2d is im2col into (C kh kw, N Ho Wo)
+columns plus ONE such GEMM for the whole batch (a permute kernel adds the bias and
+restores (N, O, Ho, Wo)); its backward pass is two GEMMs and a col2im gather (no atomics).
+Pooling gradients are gathers per input pixel; batch_norm / layer_norm statistics are
+float64 block reductions; dropout hashes the reference's splitmix64 mask on the device;
+embedding_backward accumulates with float64 atomics (add order varies, rounded once).
 
 Scalar losses sum per-block float64 partials on the device and add the small
 partials array on the host. Column reductions (column_stats, column_minmax)
@@ -31,8 +36,9 @@ import functools
 
 import numpy as np
 
-from .reference import (_GELU_KAPPA, _INV_SQRT_2PI, _SQRT_2_OVER_PI, _SQRT_HALF, BCE_EPS,
-                        ReferenceBackend, _grad_scale)
+from .reference import (_GELU_KAPPA, _GOLDEN, _INV_SQRT_2PI, _MIX1, _MIX2, _SQRT_2_OVER_PI,
+                        _SQRT_HALF, BCE_EPS, ReferenceBackend, _grad_scale, conv_output_size,
+                        dropout_scale, dropout_threshold)
 
 _F64 = np.dtype(np.float64)
 
@@ -69,6 +75,15 @@ def _launch_rows(kernel, rows, n, *args):
     if rows and n:
         _, red_tpb, min_tpb, max_blocks = _launch_limits()
         tpb = min(red_tpb, max(min_tpb, 1 << (n - 1).bit_length()))
+        kernel[min(rows, max_blocks), tpb](*args)
+
+
+def _launch_blocks(kernel, rows, n, *args):
+    """One block per row (grid-stride over rows) of n items, n may be 0: a power-of-two
+    block covering n, capped (``_launch_rows`` without its skip of empty rows)."""
+    if rows:
+        _, red_tpb, min_tpb, max_blocks = _launch_limits()
+        tpb = min(red_tpb, max(min_tpb, 1 << max(n - 1, 0).bit_length()))
         kernel[min(rows, max_blocks), tpb](*args)
 
 
@@ -397,6 +412,38 @@ def _compact(src, n, runs, zero):
     return idx
 
 
+def _fill(a, value):
+    """Fill the device array a with value (of a's dtype)."""
+    if a.size:
+        _launch_1d(_k().fill_const, a.size, _flat(a), a.dtype.type(value))
+
+
+def _im2col(x, kernel, stride, padding, dilation, out_hw):
+    """Device columns (C kh kw, N Ho Wo) of the device image batch x (N, C, H, W)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    n, c = x.shape[:2]
+    cols = _IO.empty((c * kh * kw, n * ho * wo), x.dtype)
+    _launch_1d(_k().im2col, cols.size, x, cols, kh, kw, sh, sw, ph, pw, dh, dw, wo,
+               x.dtype.type(0))
+    return cols
+
+
+def _pool_geometry(kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return kh, kw, sh, sw, ph, pw
+
+
+def _max_pool_argmax(xd, kernel, stride, padding, out, idx):
+    """Launch the argmax scan: out (N, C, Ho, Wo) the maxima, idx the flat h W + w
+    indices (or None: not written)."""
+    if out.size:
+        want = idx is not None
+        if not want:
+            idx = _IO.empty((1, 1, 1, 1), np.int64)  # a slot the kernel never writes
+        _launch_1d(_k().max_pool2d_argmax, out.size, xd, out, idx, want,
+                   *_pool_geometry(kernel, stride, padding), xd.dtype.type(-np.inf))
+
+
 class CudaBackend(ReferenceBackend):
     name = "cuda"
 
@@ -487,6 +534,254 @@ class CudaBackend(ReferenceBackend):
 
     def log_softmax_backward(self, grad_out, y):
         return _softmax_backward(grad_out, y, True)
+
+    # ------------------------------------------------------ convolution, pooling
+    # conv2d: im2col into (C kh kw, N Ho Wo) columns, then ONE tiled GEMM for the whole
+    # batch (weight (O, C kh kw) @ cols -> (O, N Ho Wo)) and a permute kernel to
+    # (N, O, Ho, Wo) that adds the bias. Backward: grad_out permuted to (O, N Ho Wo);
+    # grad_weight = g @ cols.T and grad_cols = weight.T @ g (tiled GEMMs), grad_x by the
+    # col2im gather (per pixel, a sum over the column entries that map to it: no
+    # atomics), grad_bias a block row sum of g.
+    def conv2d(self, x, weight, bias, stride, padding, dilation):
+        k = _k()
+        n, o = x.shape[0], weight.shape[0]
+        kernel = tuple(weight.shape[2:])
+        ho, wo = conv_output_size(x.shape, kernel, stride, padding, dilation)
+        io = _IO(x, weight, bias)
+        out = io.empty((n, o, ho, wo), x.dtype)
+        if out.size:
+            p = ho * wo
+            cols = _im2col(io.put(x), kernel, stride, padding, dilation, (ho, wo))
+            tmp = io.empty((o, n * p), x.dtype)
+            _gemm(io.put(weight).reshape(o, cols.shape[0]), cols, None, tmp, False, False)
+            b = io.put(bias)
+            _launch_1d(k.conv_permute, out.size, tmp.reshape(o, n, p), out.reshape(n, o, p),
+                       _flat(out) if b is None else b, bias is not None, True)
+        return io.get(out)
+
+    def conv2d_backward(self, grad_out, x, weight, stride, padding, dilation, has_bias):
+        k = _k()
+        dt = x.dtype
+        n, c = x.shape[:2]
+        o = weight.shape[0]
+        kernel = tuple(weight.shape[2:])
+        ho, wo = grad_out.shape[2:]
+        p = ho * wo
+        kk = c * kernel[0] * kernel[1]
+        io = _IO(grad_out, x, weight)
+        grad_x = io.empty(x.shape, dt)
+        grad_weight = io.empty(weight.shape, dt)
+        g2 = io.empty((o, n * p), dt)
+        if g2.size:
+            _launch_1d(k.conv_permute, g2.size, io.put(grad_out).reshape(n, o, p),
+                       g2.reshape(o, n, p), _flat(g2), False, False)
+        cols = _im2col(io.put(x), kernel, stride, padding, dilation, (ho, wo))
+        _gemm(g2, cols, None, grad_weight.reshape(o, kk), False, True)  # zeros when n == 0
+        if grad_x.size:
+            w2 = io.put(weight).reshape(o, kk)
+            grad_cols = io.empty((kk, n * p), dt)
+            _gemm(w2, g2, None, grad_cols, True, False)
+            (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+            _launch_1d(k.col2im_gather, grad_x.size, grad_cols, grad_x, *kernel, sh, sw, ph, pw,
+                       dh, dw, ho, wo, dt.type(0))
+        grad_bias = None
+        if has_bias:
+            grad_bias = io.empty(o, dt)
+            if g2.size:
+                _launch_rows(k.row_sum, o, n * p, g2, grad_bias, dt.type(0))
+            else:
+                _fill(grad_bias, 0)
+            grad_bias = io.get(grad_bias)
+        return io.get(grad_x), io.get(grad_weight), grad_bias
+
+    # Pooling: one thread per output element for the forward scans; the backward passes
+    # are gathers, one thread per input pixel over the windows that cover it (max pool:
+    # the argmax indices of a first scan decide), summed in float64 and rounded once.
+    def max_pool2d(self, x, kernel_size, stride, padding):
+        ho, wo = conv_output_size(x.shape, kernel_size, stride, padding, (1, 1))
+        io = _IO(x)
+        out = io.empty(tuple(x.shape[:2]) + (ho, wo), x.dtype)
+        _max_pool_argmax(io.put(x) if out.size else None, kernel_size, stride, padding, out,
+                         None)
+        return io.get(out)
+
+    def max_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        io = _IO(grad_out, x)
+        grad_x = io.empty(x.shape, x.dtype)
+        if grad_out.size:
+            xd = io.put(x)
+            best = io.empty(grad_out.shape, x.dtype)
+            idx = io.empty(grad_out.shape, np.int64)
+            _max_pool_argmax(xd, kernel_size, stride, padding, best, idx)
+            _launch_1d(_k().max_pool2d_backward_gather, grad_x.size, io.put(grad_out), idx,
+                       grad_x, *_pool_geometry(kernel_size, stride, padding))
+        else:
+            _fill(grad_x, 0)
+        return io.get(grad_x)
+
+    def avg_pool2d(self, x, kernel_size, stride, padding):
+        ho, wo = conv_output_size(x.shape, kernel_size, stride, padding, (1, 1))
+        io = _IO(x)
+        out = io.empty(tuple(x.shape[:2]) + (ho, wo), x.dtype)
+        if out.size:
+            _launch_1d(_k().avg_pool2d, out.size, io.put(x), out,
+                       *_pool_geometry(kernel_size, stride, padding))
+        return io.get(out)
+
+    def avg_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        io = _IO(grad_out, x)
+        grad_x = io.empty(x.shape, x.dtype)
+        if grad_out.size:
+            _launch_1d(_k().avg_pool2d_backward_gather, grad_x.size, io.put(grad_out), grad_x,
+                       *_pool_geometry(kernel_size, stride, padding))
+        else:
+            _fill(grad_x, 0)
+        return io.get(grad_x)
+
+    # ------------------------------------------------------------ normalization
+    # Statistics in float64 for both dtypes (two passes, as the reference): batch_norm one
+    # block per channel, then a per-channel kernel (scale / shift, running statistics
+    # updated in place), then an element-wise map; layer_norm one block per row, and its
+    # grad_weight / grad_bias column sums as column partials merged on the device.
+    def batch_norm(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        k = _k()
+        dt = x.dtype
+        N, C, L = x.shape
+        io = _IO(x, weight, bias, running_mean, running_var)
+        out = io.empty(x.shape, dt)
+        if C == 0:
+            return io.get(out)
+        xd = io.put(x)
+        filler = _flat(out)
+        update = bool(training) and running_mean is not None
+        rm, rv = io.put(running_mean), io.put(running_var)
+        stats = io.empty((4, C), _F64)
+        if training:
+            _launch_blocks(k.bn_stats, C, N * L, xd, xd, False, stats)
+        coef = io.empty((2, C), _F64)
+        m = N * L
+        with np.errstate(over="ignore"):
+            one_m_mom = dt.type(1 - momentum)
+        _launch_1d(k.bn_forward_coef, C, stats, *[filler if a is None else io.put(a)
+                                                  for a in (weight, bias)],
+                   filler if rm is None else rm, filler if rv is None else rv,
+                   weight is not None, bias is not None, bool(training), update, one_m_mom,
+                   np.float64(momentum), np.float64(m), np.float64(eps), coef)
+        if x.size:
+            _launch_1d(k.bn_apply, x.size, xd, coef, out)
+        if update:
+            for a, d in ((running_mean, rm), (running_var, rv)):
+                if not _is_device(a):
+                    d.copy_to_host(a)
+        return io.get(out)
+
+    def batch_norm_backward(self, grad_out, x, weight, eps):
+        k = _k()
+        dt = x.dtype
+        N, C, L = x.shape
+        io = _IO(grad_out, x, weight)
+        grad_x = io.empty(x.shape, dt)
+        has_w = weight is not None
+        gw = io.empty(C, dt) if has_w else None
+        gb = io.empty(C, dt) if has_w else None
+        if C:
+            xd, gd = io.put(x), io.put(grad_out)
+            filler = _flat(grad_x)
+            stats = io.empty((4, C), _F64)
+            _launch_blocks(k.bn_stats, C, N * L, xd, gd, True, stats)
+            coef = io.empty((5, C), _F64)
+            _launch_1d(k.bn_backward_coef, C, stats, io.put(weight) if has_w else filler,
+                       has_w, np.float64(N * L), np.float64(eps), coef,
+                       gw if has_w else filler, gb if has_w else filler)
+            if x.size:
+                _launch_1d(k.bn_backward_apply, x.size, gd, xd, coef, grad_x)
+        if not has_w:
+            return io.get(grad_x), None, None
+        return io.get(grad_x), io.get(gw), io.get(gb)
+
+    def layer_norm(self, x, weight, bias, eps):
+        rows, n = x.shape
+        io = _IO(x, weight, bias)
+        out = io.empty(x.shape, x.dtype)
+        if rows and n:
+            filler = out[0]
+            _launch_rows(_k().layer_norm_rows, rows, n, io.put(x),
+                         *[filler if a is None else io.put(a) for a in (weight, bias)],
+                         weight is not None, bias is not None, np.float64(eps), out)
+        return io.get(out)
+
+    def layer_norm_backward(self, grad_out, x, weight, eps):
+        k = _k()
+        rows, n = x.shape
+        dt = x.dtype
+        io = _IO(grad_out, x, weight)
+        grad_x = io.empty(x.shape, dt)
+        has_w = weight is not None
+        gw = io.empty(n, dt) if has_w else None
+        gb = io.empty(n, dt) if has_w else None
+        if rows and n:
+            xd, gd = io.put(x), io.put(grad_out)
+            rowstats = io.empty((2, rows), _F64)
+            _launch_rows(k.layer_norm_backward_rows, rows, n, gd, xd,
+                         io.put(weight) if has_w else grad_x[0], has_w, np.float64(eps),
+                         grad_x, rowstats)
+            if has_w:
+                gx, gy = _column_grid(rows, n)
+                part = io.empty((2, gy, n), _F64)
+                k.layer_norm_col_partial[(gx, gy), (k.COL_X, k.COL_Y)](gd, xd, rowstats, part)
+                _launch_1d(k.layer_norm_col_merge, n, part, gw, gb)
+        elif has_w:
+            _fill(gw, 0)
+            _fill(gb, 0)
+        if not has_w:
+            return io.get(grad_x), None, None
+        return io.get(grad_x), io.get(gw), io.get(gb)
+
+    # -------------------------------------------------------- dropout, embedding
+    # dropout: the reference's splitmix64 counter hash in uint64 on the device (bit-identical
+    # mask); embedding: a gather; embedding_backward: float64 atomics (cuda.atomic.add)
+    # into a zeroed float64 (num, dim) accumulator, rounded once to the dtype (the add
+    # order varies between runs, within float64 rounding of the reference's np.add.at).
+    def dropout(self, x, p, seed):
+        dt = x.dtype
+        io = _IO(x)
+        out = io.empty(x.shape, dt)
+        mask = io.empty(x.shape, np.bool_)
+        if x.size:
+            _launch_1d(_k().dropout, x.size, _flat(io.put(x)), np.uint64(seed),
+                       np.uint64(dropout_threshold(p)), _GOLDEN, _MIX1, _MIX2,
+                       dropout_scale(p, dt), dt.type(0), _flat(out), _flat(mask))
+        return io.get(out), io.get(mask)
+
+    def dropout_backward(self, grad_out, mask, p):
+        dt = grad_out.dtype
+        io = _IO(grad_out, mask)
+        out = io.empty(grad_out.shape, dt)
+        if out.size:
+            _launch_1d(_k().dropout_backward, out.size, _flat(io.put(grad_out)),
+                       _flat(io.put(mask)), dropout_scale(p, dt), dt.type(0), _flat(out))
+        return io.get(out)
+
+    def embedding(self, indices, weight):
+        io = _IO(indices, weight)
+        out = io.empty((indices.shape[0], weight.shape[1]), weight.dtype)
+        if out.size:
+            _launch_1d(_k().embedding, out.size, io.put(indices), io.put(weight), out)
+        return io.get(out)
+
+    def embedding_backward(self, grad_out, indices, num_embeddings):
+        k = _k()
+        dim = grad_out.shape[1]
+        io = _IO(grad_out, indices)
+        out = io.empty((num_embeddings, dim), grad_out.dtype)
+        if out.size:
+            acc = io.empty((num_embeddings, dim), _F64)
+            _fill(acc, 0)
+            if grad_out.size:
+                _launch_1d(k.embedding_backward_scatter, grad_out.size, io.put(grad_out),
+                           io.put(indices), acc)
+            _launch_1d(k.cast_from_float64, acc.size, _flat(acc), _flat(out))
+        return io.get(out)
 
     # ------------------------------------------------------------ losses
     def mse_loss(self, input, target, reduction):

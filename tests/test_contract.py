@@ -317,6 +317,11 @@ def test_zero_size_batches(backend):
         assert layers.layer_norm(np.ones((0, 4), f32), 4).shape == (0, 4)
         assert layers.embedding(np.zeros((0, 3), np.int64), np.ones((2, 5), f32)).shape == (0, 3, 5)
         assert not layers.embedding_backward(np.ones((0, 5), f32), np.zeros(0, np.int64), 2).any()
+        rm, rv = np.zeros(2, f32), np.ones(2, f32)  # an empty batch leaves them, as torch
+        assert layers.batch_norm(x0, None, None, rm, rv).shape == x0.shape
+        assert not rm.any() and (rv == 1).all()
+        gx, gw, gb = layers.batch_norm_backward(x0, x0, np.ones(2, f32))
+        assert gx.shape == x0.shape and not gw.any() and not gb.any()
 
 
 @pytest.mark.parametrize("backend", [b for b in ACCEL if b != "cuda"])

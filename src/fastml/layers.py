@@ -496,6 +496,8 @@ def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=Tr
                          "than 1 value per channel when training")
     if not training and running_mean is None:
         raise ValueError(f"{op}: argument 'running_mean' must be given when training=False")
+    if x.size == 0 and not v.is_device_array(x):
+        return np.empty(x_in.shape, x_in.dtype)  # torch leaves the running statistics as they are
     y = _backend().batch_norm(x, weight, bias, running_mean, running_var, training,
                               momentum, eps)
     return y.reshape(x_in.shape)

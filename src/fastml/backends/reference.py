@@ -136,10 +136,19 @@ def _max_pool_argmax(x, kernel, stride, padding):
 
 
 def _channel_stats(x64):
-    """Per-channel mean and biased variance of x (N, C, L) in float64, two passes."""
-    mean = x64.mean(axis=(0, 2))
-    var = ((x64 - mean[:, None]) ** 2).mean(axis=(0, 2))
+    """Per-channel mean and biased variance of x (N, C, L) in float64, two passes
+    (NaN, silently, for channels without values)."""
+    m = x64.shape[0] * x64.shape[2]
+    mean = x64.sum(axis=(0, 2)) / m
+    var = ((x64 - mean[:, None]) ** 2).sum(axis=(0, 2)) / m
     return mean, var
+
+
+def _row_stats(x64):
+    """Per-row mean and biased variance of x (rows, n), keepdims, in float64."""
+    n = x64.shape[1]
+    mean = x64.sum(axis=1, keepdims=True) / n
+    return mean, ((x64 - mean) ** 2).sum(axis=1, keepdims=True) / n
 
 
 # splitmix64 (Steele, Lea & Flood 2014): the dropout mask's counter-based hash.
@@ -372,7 +381,7 @@ class ReferenceBackend:
         x64 = x.astype(np.float64)
         if training:
             mean, var = _channel_stats(x64)
-            if running_mean is not None:
+            if running_mean is not None and x.size:  # an empty batch leaves them (torch)
                 m = x.shape[0] * x.shape[2]
                 unbiased = var * m / (m - 1)
                 running_mean[...] = (1 - momentum) * running_mean + momentum * mean
@@ -412,8 +421,7 @@ class ReferenceBackend:
         """x (rows, n) normalized per row (biased variance), then ``* weight + bias``
         (each (n,) or None); in float64, rounded once (torch.nn.functional.layer_norm)."""
         x64 = x.astype(np.float64)
-        mean = x64.mean(axis=1, keepdims=True)
-        var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
+        mean, var = _row_stats(x64)
         y = (x64 - mean) / np.sqrt(var + eps)
         if weight is not None:
             y = y * weight
@@ -427,12 +435,12 @@ class ReferenceBackend:
         (n,) or None); None when weight is None. In float64, rounded once."""
         x64, g = x.astype(np.float64), grad_out.astype(np.float64)
         n = x.shape[1]
-        mean = x64.mean(axis=1, keepdims=True)
-        invstd = 1 / np.sqrt(((x64 - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+        mean, var = _row_stats(x64)
+        invstd = 1 / np.sqrt(var + eps)
         xhat = (x64 - mean) * invstd
         gw = g if weight is None else g * weight
-        grad_x = invstd * (gw - gw.mean(axis=1, keepdims=True)
-                           - xhat * (gw * xhat).mean(axis=1, keepdims=True)) if n else gw
+        grad_x = invstd * (gw - gw.sum(axis=1, keepdims=True) / n
+                           - xhat * (gw * xhat).sum(axis=1, keepdims=True) / n) if n else gw
         if weight is None:
             return grad_x.astype(x.dtype), None, None
         return (grad_x.astype(x.dtype), (g * xhat).sum(axis=0).astype(x.dtype),

@@ -14,7 +14,10 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def is_device_array(a) -> bool:
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """A CUDA device array: anything with ``__cuda_array_interface__`` (Numba, CuPy,
+    PyTorch CUDA tensors) or the Numba CUDA simulator's stand-in (``__cuda_ndarray__``)."""
+    return a is not None and not isinstance(a, np.ndarray) and (
+        hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False))
 
 
 def as_array(a):

@@ -36,6 +36,7 @@ import functools
 
 import numpy as np
 
+from .._validate import is_device_array
 from .reference import (_GELU_KAPPA, _GOLDEN, _INV_SQRT_2PI, _MIX1, _MIX2, _SQRT_2_OVER_PI,
                         _SQRT_HALF, BCE_EPS, ReferenceBackend, _grad_scale, conv_output_size,
                         dropout_scale, dropout_threshold)
@@ -87,9 +88,6 @@ def _launch_blocks(kernel, rows, n, *args):
         kernel[min(rows, max_blocks), tpb](*args)
 
 
-def _is_device(a) -> bool:
-    return a is not None and not isinstance(a, np.ndarray) and (
-        hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False))
 
 
 def _flat(d):
@@ -100,14 +98,14 @@ class _IO:
     """Puts one call's inputs on the device and brings results back to where they came from."""
 
     def __init__(self, *arrays):
-        self.device = any(_is_device(a) for a in arrays)
+        self.device = any(is_device_array(a) for a in arrays)
 
     @staticmethod
     def put(a):
         from numba import cuda
         if a is None or getattr(a, "__cuda_ndarray__", False):
             return a
-        if _is_device(a):
+        if is_device_array(a):
             return cuda.as_cuda_array(a)
         return cuda.to_device(np.ascontiguousarray(a))
 
@@ -336,7 +334,7 @@ def _ce_setup(input, target, weight, ignore_index, reduction, label_smoothing):
         sum_w = 0.0
     elif weight is None:
         sum_w = c
-    elif _is_device(weight):
+    elif is_device_array(weight):
         sum_w = _sum64(w)
     else:
         sum_w = weight.sum()  # in the dtype, as the reference's w.sum()
@@ -360,7 +358,7 @@ def _step(kernel, arrays, *scalars):
     flat = [_flat(d if d is not None else dev[0]) for d in dev]
     _launch_1d(kernel, param.size, *flat, *scalars)
     for i, (a, d) in enumerate(zip(arrays, dev)):
-        if i != 1 and a is not None and not _is_device(a):  # all but grad
+        if i != 1 and a is not None and not is_device_array(a):  # all but grad
             d.copy_to_host(a)
 
 
@@ -671,7 +669,7 @@ class CudaBackend(ReferenceBackend):
             _launch_1d(k.bn_apply, x.size, xd, coef, out)
         if update:
             for a, d in ((running_mean, rm), (running_var, rv)):
-                if not _is_device(a):
+                if not is_device_array(a):
                     d.copy_to_host(a)
         return io.get(out)
 
@@ -976,7 +974,7 @@ class CudaBackend(ReferenceBackend):
             T = 2 * nq  # targets: the two order statistics around each quantile
             key, (sign, mag, inf, ones) = _key_consts(X.dtype)
             x = io.put(X)
-            dq = io.put(q if _is_device(q) else np.asarray(q, np.float64))
+            dq = io.put(q if is_device_array(q) else np.asarray(q, np.float64))
             gx, gy = _column_grid(n, F)
             observed = io.empty((gy, F), np.int64)
             k.col_observed_partial[(gx, gy), (k.COL_X, k.COL_Y)](x, observed)
@@ -1013,7 +1011,7 @@ class CudaBackend(ReferenceBackend):
         out = io.empty((X.shape[0], keep.size), X.dtype)
         if out.size:
             _launch_1d(_k().polynomial_features, out.size, io.put(X),
-                       *[io.put(a if _is_device(a) else np.asarray(a, np.int64))
+                       *[io.put(a if is_device_array(a) else np.asarray(a, np.int64))
                          for a in (left, right, keep)], out, X.dtype.type(1))
         return io.get(out)
 

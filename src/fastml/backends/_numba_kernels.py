@@ -1663,3 +1663,530 @@ def encode_sorted(values, categories, m, nan_code, out):
         base += categories[base] < v
         code = base if base < m and categories[base] == v else -1
         out[i] = code if v == v else nan_code
+
+
+# ------------------------------------------------------- convolution, pooling
+# Planes (n, c) of NCHW arrays are independent: the parallel loops run over
+# them, so no two threads ever write one pixel. A window row's output columns
+# ow whose input column ow * s + off falls inside [0, w) form one range
+# [lo, hi) (``_valid_cols``); the loops over it index flat planes with
+# unsigned offsets: no negative-index check, and no view built per row (both
+# measured 2-3x slower on the 28-wide rows of the benchmark).
+@kernel
+def _valid_cols(off, s, w, wo):
+    """[lo, hi): the ow in [0, wo) with 0 <= ow * s + off < w."""
+    lo = 0 if off >= 0 else (-off + s - 1) // s
+    hi = (w - 1 - off) // s + 1 if w - 1 - off >= 0 else 0
+    lo = min(lo, wo)
+    hi = min(max(hi, lo), wo)
+    return lo, hi
+
+
+@twin
+def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+    """cols[n, (c kh + i) kw + j, oh wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); every element of cols written."""
+    n, c, h, w = x.shape
+    zero = x.dtype.type(0)
+    for p in prange(n * c):
+        b = p // c
+        ch = p - b * c
+        xp = x[b, ch]
+        xflat = xp.reshape(h * w)
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[b, (ch * kh + i) * kw + j]
+                off = j * dw - pw
+                lo, hi = _valid_cols(off, sw, w, wo)
+                cnt = np.uint64(hi - lo)
+                usw = np.uint64(sw)
+                for oh in range(ho):
+                    r = oh * sh + i * dh - ph
+                    d0 = np.uint64(oh * wo)
+                    if r < 0 or r >= h:
+                        for t in range(np.uint64(wo)):
+                            row[d0 + t] = zero
+                        continue
+                    for t in range(np.uint64(lo)):
+                        row[d0 + t] = zero
+                    s0 = np.uint64(r * w + lo * sw + off)
+                    d1 = d0 + np.uint64(lo)
+                    if sw == 1:
+                        for t in range(cnt):
+                            row[d1 + t] = xflat[s0 + t]
+                    else:
+                        for t in range(cnt):
+                            row[d1 + t] = xflat[s0 + t * usw]
+                    for t in range(np.uint64(hi), np.uint64(wo)):
+                        row[d0 + t] = zero
+
+
+@twin
+def col2im(cols, grad, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+    """The transpose of :func:`im2col`: grad (N, C, H, W) overwritten with the sum
+    of the columns mapping to each pixel, added in (i, j) order as the reference."""
+    n, c, h, w = grad.shape
+    zero = grad.dtype.type(0)
+    for p in prange(n * c):
+        b = p // c
+        ch = p - b * c
+        flat = grad[b, ch].reshape(h * w)
+        for t in range(np.uint64(h * w)):
+            flat[t] = zero
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[b, (ch * kh + i) * kw + j]
+                off = j * dw - pw
+                lo, hi = _valid_cols(off, sw, w, wo)
+                if hi <= lo:
+                    continue
+                cnt = np.uint64(hi - lo)
+                usw = np.uint64(sw)
+                for oh in range(ho):
+                    r = oh * sh + i * dh - ph
+                    if r < 0 or r >= h:
+                        continue
+                    s0 = np.uint64(oh * wo + lo)
+                    d0 = np.uint64(r * w + lo * sw + off)
+                    if sw == 1:
+                        for t in range(cnt):
+                            flat[d0 + t] += row[s0 + t]
+                    else:
+                        for t in range(cnt):
+                            flat[d0 + t * usw] += row[s0 + t]
+
+
+@kernel
+def _max_window(xp, r0, c0, kh, kw):
+    """(max, flat index) of one window of plane xp: torch's scan (clipped to the
+    plane, row by row; larger or NaN replaces; starts at -inf and the first
+    in-bounds element's index)."""
+    h, w = xp.shape
+    best = xp.dtype.type(-np.inf)
+    idx = max(r0, 0) * w + max(c0, 0)
+    for i in range(max(r0, 0), min(r0 + kh, h)):
+        for j in range(max(c0, 0), min(c0 + kw, w)):
+            v = xp[i, j]
+            if v > best or v != v:
+                best = v
+                idx = i * w + j
+    return best, idx
+
+
+@twin
+def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
+    n, c, ho, wo = out.shape
+    for p in prange(n * c):
+        b = p // c
+        ch = p - b * c
+        xp, op = x[b, ch], out[b, ch]
+        for oh in range(ho):
+            for ow in range(wo):
+                op[oh, ow] = _max_window(xp, oh * sh - ph, ow * sw - pw, kh, kw)[0]
+
+
+@twin
+def max_pool2d_backward(g, x, kh, kw, sh, sw, ph, pw, out, nchunks):
+    """out = each window's gradient added (in float64, window order) at its argmax."""
+    n, c, h, w = x.shape
+    ho, wo = g.shape[2], g.shape[3]
+    planes = n * c
+    for k in prange(nchunks):
+        lo, hi = _chunk(planes, nchunks, k)
+        acc = np.empty(h * w)
+        for p in range(lo, hi):
+            b = p // c
+            ch = p - b * c
+            xp, gp = x[b, ch], g[b, ch]
+            o = out[b, ch].reshape(h * w)
+            acc[:] = 0.0
+            for oh in range(ho):
+                for ow in range(wo):
+                    idx = _max_window(xp, oh * sh - ph, ow * sw - pw, kh, kw)[1]
+                    acc[idx] += gp[oh, ow]
+            for t in range(np.uint64(h * w)):
+                o[t] = acc[t]
+
+
+@twin
+def avg_pool2d(x, kh, kw, sh, sw, ph, pw, out):
+    """Window sums in float64 over kh * kw (padding counted as zeros)."""
+    n, c, ho, wo = out.shape
+    h, w = x.shape[2], x.shape[3]
+    area = np.float64(kh * kw)
+    for p in prange(n * c):
+        b = p // c
+        ch = p - b * c
+        xp, op = x[b, ch], out[b, ch]
+        for oh in range(ho):
+            r0 = oh * sh - ph
+            for ow in range(wo):
+                c0 = ow * sw - pw
+                s = 0.0
+                for i in range(max(r0, 0), min(r0 + kh, h)):
+                    for j in range(max(c0, 0), min(c0 + kw, w)):
+                        s += xp[i, j]
+                op[oh, ow] = s / area
+
+
+@twin
+def avg_pool2d_backward(g, kh, kw, sh, sw, ph, pw, out, nchunks):
+    """grad_out / (kh kw) (float64) spread over each window, added in the
+    reference's (i, j) order, rounded once."""
+    n, c, h, w = out.shape
+    ho, wo = g.shape[2], g.shape[3]
+    area = np.float64(kh * kw)
+    planes = n * c
+    for k in prange(nchunks):
+        lo_p, hi_p = _chunk(planes, nchunks, k)
+        acc = np.empty((h, w))
+        gd = np.empty((ho, wo))
+        for p in range(lo_p, hi_p):
+            b = p // c
+            ch = p - b * c
+            gp = g[b, ch]
+            o = out[b, ch]
+            acc[:] = 0.0
+            for oh in range(ho):
+                for ow in range(wo):
+                    gd[oh, ow] = gp[oh, ow] / area
+            for i in range(kh):
+                for j in range(kw):
+                    off = j - pw
+                    lo, hi = _valid_cols(off, sw, w, wo)
+                    if hi <= lo:
+                        continue
+                    for oh in range(ho):
+                        r = oh * sh + i - ph
+                        if r < 0 or r >= h:
+                            continue
+                        for ow in range(lo, hi):
+                            acc[r, ow * sw + off] += gd[oh, ow]
+            for r in range(h):
+                for q in range(w):
+                    o[r, q] = acc[r, q]
+
+
+# ------------------------------------------------------------- normalization
+# Statistics in one read pass, float64, shifted by the first finite value k
+# of the channel / row: sums of (x - k) and (x - k)**2 keep their digits when
+# |mean| >> std (the naive sum of squares would not). A non-finite value makes
+# the sums, and so mean / var, inf or NaN as the reference's two passes do.
+@kernel
+def _first_finite(a):
+    for i in range(a.size):
+        v = a[i]
+        if v - v == 0:
+            return np.float64(v)
+    return 0.0
+
+
+@kernel
+def _channel_shift(x, ch):
+    """The first finite value of channel ch of x (N, C, L) in float64, else 0."""
+    for b in range(x.shape[0]):
+        xr = x[b, ch]
+        for j in range(xr.size):
+            v = xr[j]
+            if v - v == 0:
+                return np.float64(v)
+    return 0.0
+
+
+@_sum_kernel
+def _shifted_sums_gw(a, g, w, k):
+    """float64 (sum(a - k), sum((a - k)**2), sum(g w), sum(g w (a - k)))."""
+    s1 = 0.0
+    s2 = 0.0
+    sg = 0.0
+    sgx = 0.0
+    for j in range(a.size):
+        d = np.float64(a[j]) - k
+        gj = np.float64(g[j]) * w[j]
+        s1 += d
+        s2 += d * d
+        sg += gj
+        sgx += gj * d
+    return s1, s2, sg, sgx
+
+
+@_sum_kernel
+def _shifted_sums(a, k):
+    """float64 (sum(a - k), sum((a - k)**2)) of 1-D a."""
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(a.size):
+        d = np.float64(a[j]) - k
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@_sum_kernel
+def _shifted_sums_g(a, g, k):
+    """float64 (sum(a - k), sum((a - k)**2), sum(g), sum(g (a - k)))."""
+    s1 = 0.0
+    s2 = 0.0
+    sg = 0.0
+    sgx = 0.0
+    for j in range(a.size):
+        d = np.float64(a[j]) - k
+        gj = np.float64(g[j])
+        s1 += d
+        s2 += d * d
+        sg += gj
+        sgx += gj * d
+    return s1, s2, sg, sgx
+
+
+@kernel
+def _mean_var(k, s1, s2, m):
+    """mean and biased variance from shifted sums over m values."""
+    mean = k + s1 / m
+    var = (s2 - s1 * (s1 / m)) / m
+    return mean, (0.0 if var < 0.0 else var)
+
+
+@kernel
+def _channel_sums(x, ch, k):
+    """Shifted sums (``_shifted_sums``) of channel ch of x (N, C, L)."""
+    s1 = 0.0
+    s2 = 0.0
+    for b in range(x.shape[0]):
+        a1, a2 = _shifted_sums(x[b, ch], k)
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
+@twin
+def batch_norm_train(x, weight, bias, has_w, has_b, eps, mean, var, out):
+    """Training-mode batch norm of x (N, C, L), N L >= 1, one channel at a time
+    (its second pass then reads from cache): float64 batch mean and biased
+    variance into mean, var (C,), then out = x * scale + shift with the
+    reference's float64 scale and shift, rounded once."""
+    n, c, l = x.shape
+    m = np.float64(n * l)
+    for ch in prange(c):
+        k = _channel_shift(x, ch)
+        s1, s2 = _channel_sums(x, ch, k)
+        mu, v = _mean_var(k, s1, s2, m)
+        mean[ch] = mu
+        var[ch] = v
+        scale = 1 / np.sqrt(v + eps)
+        shift = -mu * scale
+        if has_w:
+            scale, shift = scale * weight[ch], shift * weight[ch]
+        if has_b:
+            shift = shift + bias[ch]
+        for b in range(n):
+            xr, o = x[b, ch], out[b, ch]
+            for j in range(np.uint64(l)):
+                o[j] = np.float64(xr[j]) * scale + shift
+
+
+@twin
+def batch_norm_apply(x, scale, shift, out):
+    """out = x * scale + shift per channel, in float64, rounded once."""
+    n, c, l = x.shape
+    for p in prange(n * c):
+        b = p // c
+        ch = p - b * c
+        xr, o = x[b, ch], out[b, ch]
+        s, t = scale[ch], shift[ch]
+        for j in range(np.uint64(l)):
+            o[j] = np.float64(xr[j]) * s + t
+
+
+@twin
+def batch_norm_backward(g, x, weight, has_w, eps, sum_g, sum_gx, redo, out):
+    """Training-mode gradients of x (N, C, L), one channel at a time: one float64
+    read pass for mean, variance, sum(g) and sum(g xhat) (from shifted sums),
+    then grad_x = k (g - sum_g / m - xhat sum_gx / m), k = invstd * weight.
+
+    A channel whose g sums are not finite while x's statistics are gets
+    redo = True and is left to the caller: which of its outputs are inf and
+    which NaN hangs on the sign (or zero) of x - mean, so it needs the
+    reference's own mean, to the last bit."""
+    n, c, l = x.shape
+    m = np.float64(n * l)
+    for ch in prange(c):
+        k = _channel_shift(x, ch)
+        s1 = 0.0
+        s2 = 0.0
+        sg = 0.0
+        sgx = 0.0
+        for b in range(n):
+            a1, a2, a3, a4 = _shifted_sums_g(x[b, ch], g[b, ch], k)
+            s1 += a1
+            s2 += a2
+            sg += a3
+            sgx += a4
+        mu, var = _mean_var(k, s1, s2, m)
+        inv = 1 / np.sqrt(var + eps)
+        sgxhat = inv * (sgx - (s1 / m) * sg)
+        sum_g[ch] = sg
+        sum_gx[ch] = sgxhat
+        r = not (sg - sg == 0 and sgx - sgx == 0) and mu - mu == 0 and var - var == 0
+        redo[ch] = r
+        if r:
+            continue
+        kk = inv * weight[ch] if has_w else inv
+        aa = sg / m
+        bb = sgxhat / m
+        for b in range(n):
+            xr, gr, o = x[b, ch], g[b, ch], out[b, ch]
+            for j in range(np.uint64(l)):
+                xh = (np.float64(xr[j]) - mu) * inv
+                o[j] = kk * ((np.float64(gr[j]) - aa) - xh * bb)
+
+
+@twin
+def layer_norm(x, weight, bias, has_w, has_b, eps, out):
+    """Rows of x (rows, n >= 1) normalized (float64 stats, rounded once)."""
+    rows, n = x.shape
+    m = np.float64(n)
+    for r in prange(rows):
+        xr, o = x[r], out[r]
+        k = _first_finite(xr)
+        s1, s2 = _shifted_sums(xr, k)
+        mean, var = _mean_var(k, s1, s2, m)
+        inv = 1 / np.sqrt(var + eps)
+        if has_w and has_b:
+            for j in range(np.uint64(n)):
+                o[j] = (np.float64(xr[j]) - mean) * inv * weight[j] + bias[j]
+        elif has_w:
+            for j in range(np.uint64(n)):
+                o[j] = (np.float64(xr[j]) - mean) * inv * weight[j]
+        elif has_b:
+            for j in range(np.uint64(n)):
+                o[j] = (np.float64(xr[j]) - mean) * inv + bias[j]
+        else:
+            for j in range(np.uint64(n)):
+                o[j] = (np.float64(xr[j]) - mean) * inv
+
+
+@twin
+def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
+    """Rows of x, grad_out (rows, n >= 1), in float64: one read pass for mean,
+    variance, sum(gw) and sum(gw (x - k)) (gw = g * weight), then grad_x =
+    invstd (gw - mean(gw) - xhat mean(gw xhat)) from cache, rounded once, and
+    with weight the column sums (g xhat, g) per chunk of rows, merged in chunk
+    order: returns (gw, gb) in float64.
+
+    A row whose gw sums are not finite while x's statistics are gets
+    redo = True and is left to the caller (see ``batch_norm_backward``)."""
+    rows, n = x.shape
+    m = np.float64(n)
+    pw = np.zeros((nchunks, n if has_w else 0))
+    pb = np.zeros((nchunks, n if has_w else 0))
+    for k in prange(nchunks):
+        lo, hi = _chunk(rows, nchunks, k)
+        accw, accb = pw[k], pb[k]
+        for r in range(lo, hi):
+            xr, gr, o = x[r], g[r], out[r]
+            sh = _first_finite(xr)
+            if has_w:
+                s1, s2, sg, sgx = _shifted_sums_gw(xr, gr, weight, sh)
+            else:
+                s1, s2, sg, sgx = _shifted_sums_g(xr, gr, sh)
+            mu, var = _mean_var(sh, s1, s2, m)
+            inv = 1 / np.sqrt(var + eps)
+            bad = not (sg - sg == 0 and sgx - sgx == 0) and mu - mu == 0 and var - var == 0
+            redo[r] = bad
+            if bad:
+                continue
+            aa = sg / m
+            bb = inv * (sgx - (s1 / m) * sg) / m
+            if has_w:
+                for j in range(np.uint64(n)):
+                    gj = np.float64(gr[j])
+                    xh = (np.float64(xr[j]) - mu) * inv
+                    o[j] = inv * ((gj * weight[j] - aa) - xh * bb)
+                    accw[j] += gj * xh
+                    accb[j] += gj
+            else:
+                for j in range(np.uint64(n)):
+                    xh = (np.float64(xr[j]) - mu) * inv
+                    o[j] = inv * ((np.float64(gr[j]) - aa) - xh * bb)
+    gw_total = pw[0].copy()
+    gb_total = pb[0].copy()
+    for k in range(1, nchunks):
+        gw_total += pw[k]
+        gb_total += pb[k]
+    return gw_total, gb_total
+
+
+# --------------------------------------------------------- dropout, embedding
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@twin
+def dropout(x, seed, threshold, scale, out, mask):
+    """splitmix64(seed + (i + 1) golden) >> 11 >= threshold keeps element i
+    (all uint64, modulo 2**64); out = x * (scale or 0)."""
+    zero = x.dtype.type(0)
+    one = np.uint64(1)
+    for i in prange(x.size):
+        z = seed + (np.uint64(i) + one) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+        keep = (z >> np.uint64(11)) >= threshold
+        mask[i] = keep
+        out[i] = x[i] * (scale if keep else zero)
+
+
+@twin
+def dropout_backward(g, mask, scale, out):
+    zero = g.dtype.type(0)
+    for i in prange(g.size):
+        out[i] = g[i] * (scale if mask[i] else zero)
+
+
+@twin
+def embedding(indices, weight, out):
+    dim = weight.shape[1]
+    for r in prange(indices.size):
+        src, dst = weight[indices[r]], out[r]
+        for j in range(np.uint64(dim)):
+            dst[j] = src[j]
+
+
+@kernel
+def index_buckets(indices, num):
+    """(start (num + 1,), order (n,)): the positions of each index value, in
+    order (a stable counting sort)."""
+    start = np.zeros(num + 1, np.int64)
+    for i in range(indices.size):
+        start[indices[i] + 1] += 1
+    for e in range(num):
+        start[e + 1] += start[e]
+    fill = start[:num].copy()
+    order = np.empty(indices.size, np.int64)
+    for i in range(indices.size):
+        e = indices[i]
+        order[fill[e]] = i
+        fill[e] += 1
+    return start, order
+
+
+@twin
+def embedding_backward(g, start, order, out, nchunks):
+    """out[e] = the rows g[i] with indices[i] == e summed in float64 in index
+    order (as np.add.at), rounded once; chunks of embedding rows per thread."""
+    num, dim = out.shape
+    for k in prange(nchunks):
+        lo, hi = _chunk(num, nchunks, k)
+        acc = np.empty(dim)
+        for e in range(lo, hi):
+            o = out[e]
+            acc[:] = 0.0
+            for q in range(start[e], start[e + 1]):
+                gr = g[order[q]]
+                for j in range(np.uint64(dim)):
+                    acc[j] += gr[j]
+            for j in range(np.uint64(dim)):
+                o[j] = acc[j]

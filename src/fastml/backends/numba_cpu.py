@@ -22,8 +22,10 @@ import numpy as np
 from numba.core import config as _numba_config
 
 from .. import _config
+from . import _conv
 from . import _numba_kernels as K
-from .reference import BCE_EPS, ReferenceBackend, _grad_scale, _reduce, op
+from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, _reduce, conv_output_size,
+                        dropout_scale, dropout_threshold, op)
 
 PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than it saves
 
@@ -204,6 +206,172 @@ class NumbaBackend(ReferenceBackend):
     @op("layers")
     def log_softmax_backward(self, grad_out, y):
         return _rows(K.log_softmax_backward, grad_out, y)
+
+    # ------------------------------------------------------------- convolution
+    @op("layers")
+    def conv2d(self, x, weight, bias, stride, padding, dilation):
+        return _conv.conv2d(_im2col, x, weight, bias, stride, padding, dilation)
+
+    @op("layers")
+    def conv2d_backward(self, grad_out, x, weight, stride, padding, dilation, has_bias):
+        return _conv.conv2d_backward(_im2col, _col2im, grad_out, x, weight, stride, padding,
+                                     dilation, has_bias)
+
+    # ----------------------------------------------------------------- pooling
+    @op("layers")
+    def max_pool2d(self, x, kernel_size, stride, padding):
+        out = _pool_out(x, kernel_size, stride, padding)
+        if out.size:
+            _run(K.max_pool2d, x.size, x, *kernel_size, *stride, *padding, out)
+        return out
+
+    @op("layers")
+    def max_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        out = np.empty_like(x)
+        if out.size:
+            _run(K.max_pool2d_backward, x.size, grad_out, x, *kernel_size, *stride, *padding,
+                 out, chunked=True)
+        return out
+
+    @op("layers")
+    def avg_pool2d(self, x, kernel_size, stride, padding):
+        out = _pool_out(x, kernel_size, stride, padding)
+        if out.size:
+            _run(K.avg_pool2d, x.size, x, *kernel_size, *stride, *padding, out)
+        return out
+
+    @op("layers")
+    def avg_pool2d_backward(self, grad_out, x, kernel_size, stride, padding):
+        out = np.empty_like(x)
+        if out.size:
+            _run(K.avg_pool2d_backward, x.size, grad_out, *kernel_size, *stride, *padding,
+                 out, chunked=True)
+        return out
+
+    # ----------------------------------------------------------- normalization
+    @op("layers")
+    def batch_norm(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        c = x.shape[1]
+        out = np.empty_like(x)
+        if not training:
+            mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+            scale = 1 / np.sqrt(var + eps)  # (C,) in float64, as the reference
+            shift = -mean * scale
+            if weight is not None:
+                scale, shift = scale * weight, shift * weight
+            if bias is not None:
+                shift = shift + bias
+            if out.size:
+                _run(K.batch_norm_apply, x.size, x, scale, shift, out)
+            return out
+        mean, var = np.empty(c), np.empty(c)
+        if x.size:
+            dummy = x[0, :, 0]
+            _run(K.batch_norm_train, x.size, x, dummy if weight is None else weight,
+                 dummy if bias is None else bias, weight is not None, bias is not None,
+                 float(eps), mean, var, out)
+        if running_mean is not None:
+            # The reference's expressions on (C,) vectors, rounding included.
+            m = x.shape[0] * x.shape[2]
+            unbiased = var * m / (m - 1)
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        return out
+
+    @op("layers")
+    def batch_norm_backward(self, grad_out, x, weight, eps):
+        c = x.shape[1]
+        sum_g, sum_gx = np.zeros(c), np.zeros(c)
+        out = np.empty_like(x)
+        if x.size:
+            redo = np.empty(c, np.bool_)
+            _run(K.batch_norm_backward, x.size, grad_out, x,
+                 x[0, :, 0] if weight is None else weight, weight is not None, float(eps),
+                 sum_g, sum_gx, redo, out)
+            if redo.any():
+                # The reference's formulas, its mean to the last bit (see the kernel).
+                x64 = x.astype(np.float64)
+                mean = x64.mean(axis=(0, 2))
+                m = x.shape[0] * x.shape[2]
+                for ch in np.flatnonzero(redo):
+                    xc = x64[:, ch, :]
+                    invstd = 1 / np.sqrt(((xc - mean[ch]) ** 2).mean() + eps)
+                    xhat = (xc - mean[ch]) * invstd
+                    g = grad_out[:, ch, :].astype(np.float64)
+                    sum_gx[ch] = (g * xhat).sum()
+                    k = invstd if weight is None else invstd * weight[ch]
+                    out[:, ch, :] = k * (g - sum_g[ch] / m - xhat * (sum_gx[ch] / m))
+        if weight is None:
+            return out, None, None
+        return out, sum_gx.astype(x.dtype), sum_g.astype(x.dtype)
+
+    @op("layers")
+    def layer_norm(self, x, weight, bias, eps):
+        out = np.empty_like(x)
+        if out.size:
+            dummy = x[0]
+            _run(K.layer_norm, x.size, x, dummy if weight is None else weight,
+                 dummy if bias is None else bias, weight is not None, bias is not None,
+                 float(eps), out)
+        return out
+
+    @op("layers")
+    def layer_norm_backward(self, grad_out, x, weight, eps):
+        rows, n = x.shape
+        out = np.empty_like(x)
+        gw = gb = np.zeros(n)
+        if out.size:
+            redo = np.empty(rows, np.bool_)
+            gw, gb = _run(K.layer_norm_backward, x.size, grad_out, x,
+                          x[0] if weight is None else weight, weight is not None,
+                          float(eps), redo, out, chunked=True)
+            if redo.any():
+                # The reference's formulas on those rows, its mean to the last bit
+                # (see the kernel); their column sums added last.
+                rr = np.flatnonzero(redo)
+                x64, g = x[rr].astype(np.float64), grad_out[rr].astype(np.float64)
+                mean = x64.mean(axis=1, keepdims=True)
+                invstd = 1 / np.sqrt(((x64 - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+                xhat = (x64 - mean) * invstd
+                gwr = g if weight is None else g * weight
+                out[rr] = invstd * (gwr - gwr.mean(axis=1, keepdims=True)
+                                    - xhat * (gwr * xhat).mean(axis=1, keepdims=True))
+                if weight is not None:
+                    gw += (g * xhat).sum(axis=0)
+                    gb += g.sum(axis=0)
+        if weight is None:
+            return out, None, None
+        return out, gw.astype(x.dtype), gb.astype(x.dtype)
+
+    # ------------------------------------------------------- dropout, embedding
+    @op("layers")
+    def dropout(self, x, p, seed):
+        out = np.empty_like(x)
+        mask = np.empty(x.shape, np.bool_)
+        _run(K.dropout, x.size, x.reshape(-1), np.uint64(seed),
+             np.uint64(dropout_threshold(p)), dropout_scale(p, x.dtype), out.reshape(-1),
+             mask.reshape(-1))
+        return out, mask
+
+    @op("layers")
+    def dropout_backward(self, grad_out, mask, p):
+        return _map(K.dropout_backward, grad_out, mask, dropout_scale(p, grad_out.dtype))
+
+    @op("layers")
+    def embedding(self, indices, weight):
+        out = np.empty((indices.size, weight.shape[1]), weight.dtype)
+        if out.size:
+            _run(K.embedding, out.size, indices, weight, out)
+        return out
+
+    @op("layers")
+    def embedding_backward(self, grad_out, indices, num_embeddings):
+        out = np.empty((num_embeddings, grad_out.shape[1]), grad_out.dtype)
+        if out.size:
+            start, order = K.index_buckets(indices, num_embeddings)
+            _run(K.embedding_backward, max(out.size, grad_out.size), grad_out, start, order,
+                 out, chunked=True)
+        return out
 
     # ------------------------------------------------------------------ losses
     @op("losses")
@@ -489,6 +657,28 @@ class NumbaBackend(ReferenceBackend):
         else:
             _run(K.encode_sorted, values.size, values, cats, m, nan_code, out)
         return out
+
+
+def _pool_out(x, kernel, stride, padding):
+    ho, wo = conv_output_size(x.shape, kernel, stride, padding, (1, 1))
+    return np.empty(x.shape[:2] + (ho, wo), x.dtype)
+
+
+def _im2col(x, cols, geometry):
+    """``_conv``'s im2col: fills every element of cols (N, C kh kw, Ho Wo)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    ho, wo = conv_output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if cols.size:
+        _run(K.im2col, cols.size, x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+def _col2im(cols, grad_x, geometry):
+    """``_conv``'s col2im: overwrites every element of grad_x (N, C, H, W)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    ho, wo = conv_output_size(grad_x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if grad_x.size:
+        _run(K.col2im, max(cols.size, grad_x.size), cols, grad_x, kh, kw, sh, sw, ph, pw,
+             dh, dw, ho, wo)
 
 
 _NORMS = {"l1": 0, "l2": 1, "max": 2}

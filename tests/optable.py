@@ -36,10 +36,15 @@ class Row:
     bench_call: Callable[[dict], Any] | None = None  # in-place ops: update without copying
     large: Callable[[Any], dict] | None = None  # dtype -> large test inputs (default: bench's)
     finite: tuple = ()                          # arguments the op rejects NaN/inf in
+    # with ``reduces``: the longest sum the op computes, when it is not an input's longest axis
+    reduction: Callable[[dict], int] | None = None
 
     def timed(self, args):
         """What the benchmark times: the op itself, without the tests' defensive copies."""
         return (self.bench_call or self.call)(args)
+
+    def reduction_size(self, args) -> int:
+        return self.reduction(args) if self.reduction else size_of(args)
 
     def tolerance(self, dtype, n: int) -> tuple[float, float]:
         rtol, atol = self.tol.get(np.dtype(dtype), BASE_TOL[np.dtype(dtype)])
@@ -619,12 +624,13 @@ def _embedding_bench(dtype, backward=False):
     return {"indices": idx, "weight": rng.standard_normal((50_000, 128)).astype(dtype)}
 
 
-def _peer_torch(fname, names, **fixed):
-    """A torch.nn.functional forward on the named arrays (keyword arguments pass through)."""
+def _peer_torch(fname, names, drop=(), **fixed):
+    """A torch.nn.functional forward on the named arguments (arrays as tensors); the
+    row's other arguments pass through as keywords, except those in ``drop``."""
     def run(d):
         torch = _torch()
         args = [torch.from_numpy(d[k]) if isinstance(d[k], np.ndarray) else d[k] for k in names]
-        kw = {k: v for k, v in d.items() if k not in names and k not in fixed}
+        kw = {k: v for k, v in d.items() if k not in names and k not in drop}
         return getattr(torch.nn.functional, fname)(*args, **kw, **fixed)
     return run
 
@@ -842,9 +848,11 @@ ROWS = [
         lambda t: rowwise(t, ["grad_out", "y"], -10, 0), reduces=True,
         bench=lambda t: _backward_bench(t, layers.log_softmax)),
     Row("layers.conv2d", lambda d: layers.conv2d(**d), conv_inputs, reduces=True,
+        reduction=lambda d: d["weight"][0].size,
         bench=_conv_bench, peer=_peer_torch("conv2d", ("x", "weight", "bias"))),
     Row("layers.conv2d_backward", lambda d: layers.conv2d_backward(**d),
         lambda t: conv_inputs(t, backward=True), reduces=True,
+        reduction=lambda d: max(d["weight"][0].size, d["grad_out"][:, 0].size),
         bench=lambda t: _conv_bench(t, backward=True)),
     Row("layers.max_pool2d", lambda d: layers.max_pool2d(**d), pool_inputs, bench=_pool_bench,
         peer=_peer_torch("max_pool2d", ("x", "kernel_size"))),
@@ -862,14 +870,15 @@ ROWS = [
         bench=lambda t: _batch_norm_bench(t, backward=True)),
     Row("layers.layer_norm", lambda d: layers.layer_norm(**d), layer_norm_inputs, reduces=True,
         bench=_layer_norm_bench,
-        peer=_peer_torch("layer_norm", ("x", "normalized_shape", "weight", "bias"))),
+        peer=lambda d: _peer_torch("layer_norm", ("x", "normalized_shape", "weight", "bias"))(
+            {**d, "normalized_shape": (d["normalized_shape"],)})),
     Row("layers.layer_norm_backward", lambda d: layers.layer_norm_backward(**d),
         lambda t: layer_norm_inputs(t, backward=True), reduces=True,
         bench=lambda t: _layer_norm_bench(t, backward=True)),
     Row("layers.dropout", lambda d: layers.dropout(**d), dropout_inputs,
         tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)},
         bench=lambda t: {**_ew_bench(t), "p": 0.5, "seed": 0},
-        peer=_peer_torch("dropout", ("x", "p"), training=True)),
+        peer=_peer_torch("dropout", ("x", "p"), drop=("seed",), training=True)),
     Row("layers.dropout_backward", lambda d: layers.dropout_backward(**d),
         dropout_backward_inputs, tol={np.dtype(np.float32): (0, 0), np.dtype(np.float64): (0, 0)},
         bench=lambda t: {"grad_out": _ew_bench(t)["x"], "p": 0.5,

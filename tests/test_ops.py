@@ -14,7 +14,7 @@ from fastml.backends.reference import ReferenceBackend
 from fastml import losses
 from fastml._compat import simulator_enabled
 
-from optable import ROWS, ROW_BY_OP, accelerated_backends, size_of
+from optable import ROWS, ROW_BY_OP, accelerated_backends
 
 # The simulator interprets kernels in Python: fewer examples keep CI fast.
 EXAMPLES = {"cuda": 6}
@@ -65,7 +65,7 @@ def test_matches_reference(backend, dtype, row):
             actual = row.call(args)
         for k, v in before.items():  # inputs are never modified (in-place ops copy first)
             np.testing.assert_array_equal(args[k], v, err_msg=f"{row.op} modified '{k}'")
-        rtol, atol = row.tolerance(dtype, size_of(args))
+        rtol, atol = row.tolerance(dtype, row.reduction_size(args))
         assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 
     check()
@@ -86,7 +86,7 @@ def test_read_only_inputs(backend, row):
             expected = row.call(args)
         with fastml.use_backend(backend):
             actual = row.call(args)
-        rtol, atol = row.tolerance(np.float32, size_of(args))
+        rtol, atol = row.tolerance(np.float32, row.reduction_size(args))
         assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 
     check()
@@ -120,7 +120,7 @@ def test_large_inputs(backend, row):
         expected = row.call(args)
     with fastml.use_backend(backend):
         actual = row.call(args)
-    rtol, atol = row.tolerance(dtype, size_of(args))
+    rtol, atol = row.tolerance(dtype, row.reduction_size(args))
     assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 
 

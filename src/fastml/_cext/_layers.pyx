@@ -74,8 +74,9 @@ cdef inline Py_ssize_t _conv_out(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py
 cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """The kh kw column rows of one (H, W) plane, each Ho Wo long, every element written."""
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
+    """The kh kw column rows of one (H, W) plane, each Ho Wo long and rs apart, every
+    element written."""
     cdef Py_ssize_t L = Ho * Wo, i, j, oh, ow, oh0, oh1, ow0, ow1, roff, coff
     cdef floating* dst
     cdef floating* d
@@ -86,7 +87,7 @@ cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssiz
         for j in range(kw):
             coff = j * dw - pw
             _out_range(coff, sw, W, Wo, &ow0, &ow1)
-            dst = cols + (i * kw + j) * L
+            dst = cols + (i * kw + j) * rs
             if oh0 > 0:
                 memset(dst, 0, oh0 * Wo * sizeof(floating))
             for oh in range(oh0, oh1):
@@ -107,14 +108,14 @@ cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssiz
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geometry,
            int num_threads):
-    """cols[n, (c kh + i) kw + j, oh Wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
-    (0 in the padding); every element of cols (N, C kh kw, Ho Wo) is written."""
+    """cols[(c kh + i) kw + j, n, oh Wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); every element of cols (C kh kw, N, Ho Wo) is written."""
     cdef Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Ho = _conv_out(H, kh, sh, ph, dh), Wo = _conv_out(W, kw, sw, pw, dw)
-    cdef Py_ssize_t K = cols.shape[1], L = cols.shape[2], P = N * C, p, n, c
-    if Ho * Wo != L or C * kh * kw != K or cols.shape[0] != N:
+    cdef Py_ssize_t K = cols.shape[0], L = cols.shape[2], P = N * C, p, n, c
+    if Ho * Wo != L or C * kh * kw != K or cols.shape[1] != N:
         raise ValueError("im2col: columns of the wrong shape")
     if P == 0 or L == 0:
         return
@@ -128,16 +129,16 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geome
                     use_threads_if=P > 1 and P * kh * kw * L >= PAR_MIN_WORK):
         n = p // C
         c = p - n * C
-        _im2col_plane(xp + p * H * W, cp + (n * K + c * kh * kw) * L, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw)
+        _im2col_plane(xp + p * H * W, cp + (c * kh * kw * N + n) * L, H, W, Ho, Wo,
+                      kh, kw, sh, sw, ph, pw, dh, dw, N * L)
 
 
 cdef void _col2im_plane(const floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """g (H, W) = the sum of the plane's kh kw column rows scattered back, added (as the
-    reference's col2im) for i, then j, in order."""
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
+    """g (H, W) = the sum of the plane's kh kw column rows (rs apart) scattered back,
+    added (as the reference's col2im) for i, then j, in order."""
     cdef Py_ssize_t L = Ho * Wo, i, j, oh, t, cnt, oh0, oh1, ow0, ow1, roff, coff
     cdef const floating* src
     cdef floating* d
@@ -152,7 +153,7 @@ cdef void _col2im_plane(const floating* cols, floating* g, Py_ssize_t H, Py_ssiz
             if cnt <= 0:
                 continue
             for oh in range(oh0, oh1):
-                src = cols + (i * kw + j) * L + oh * Wo + ow0
+                src = cols + (i * kw + j) * rs + oh * Wo + ow0
                 d = g + (oh * sh + roff) * W + (ow0 * sw + coff)
                 if sw == 1:
                     for t in range(cnt):
@@ -171,8 +172,8 @@ def col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple 
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
     cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
     cdef Py_ssize_t Ho = _conv_out(H, kh, sh, ph, dh), Wo = _conv_out(W, kw, sw, pw, dw)
-    cdef Py_ssize_t K = cols.shape[1], L = cols.shape[2], P = N * C, p, n, c
-    if Ho * Wo != L or C * kh * kw != K or cols.shape[0] != N:
+    cdef Py_ssize_t K = cols.shape[0], L = cols.shape[2], P = N * C, p, n, c
+    if Ho * Wo != L or C * kh * kw != K or cols.shape[1] != N:
         raise ValueError("col2im: columns of the wrong shape")
     if P == 0 or H == 0 or W == 0:
         return
@@ -186,8 +187,8 @@ def col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple 
                     use_threads_if=P > 1 and P * kh * kw * L >= PAR_MIN_WORK):
         n = p // C
         c = p - n * C
-        _col2im_plane(cp + (n * K + c * kh * kw) * L, gp + p * H * W, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw)
+        _col2im_plane(cp + (c * kh * kw * N + n) * L, gp + p * H * W, H, W, Ho, Wo,
+                      kh, kw, sh, sw, ph, pw, dh, dw, N * L)
 
 
 # ---------------------------------------------------------------------- pooling

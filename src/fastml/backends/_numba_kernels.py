@@ -1684,8 +1684,8 @@ def _valid_cols(off, s, w, wo):
 
 @twin
 def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """cols[n, (c kh + i) kw + j, oh wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
-    (0 in the padding); every element of cols written."""
+    """cols[(c kh + i) kw + j, n, oh wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); every element of cols (C kh kw, N, Ho Wo) written."""
     n, c, h, w = x.shape
     zero = x.dtype.type(0)
     for p in prange(n * c):
@@ -1695,7 +1695,7 @@ def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
         xflat = xp.reshape(h * w)
         for i in range(kh):
             for j in range(kw):
-                row = cols[b, (ch * kh + i) * kw + j]
+                row = cols[(ch * kh + i) * kw + j, b]
                 off = j * dw - pw
                 lo, hi = _valid_cols(off, sw, w, wo)
                 cnt = np.uint64(hi - lo)
@@ -1735,7 +1735,7 @@ def col2im(cols, grad, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
             flat[t] = zero
         for i in range(kh):
             for j in range(kw):
-                row = cols[b, (ch * kh + i) * kw + j]
+                row = cols[(ch * kh + i) * kw + j, b]
                 off = j * dw - pw
                 lo, hi = _valid_cols(off, sw, w, wo)
                 if hi <= lo:

@@ -665,7 +665,7 @@ def _pool_out(x, kernel, stride, padding):
 
 
 def _im2col(x, cols, geometry):
-    """``_conv``'s im2col: fills every element of cols (N, C kh kw, Ho Wo)."""
+    """``_conv``'s im2col: fills every element of cols (C kh kw, N, Ho Wo)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = conv_output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     if cols.size:

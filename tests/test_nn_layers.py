@@ -10,8 +10,8 @@ import fastml
 from fastml import nn
 
 from gradcheck import numeric_grad
+from native import CPU_BACKENDS, require_native
 
-CPU_BACKENDS = [b for b in fastml.available_backends() if b != "cuda"]
 USED_OPS = tuple(f"layers.{op}{suffix}" for op in (
     "conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm", "dropout", "embedding",
     "sigmoid", "tanh", "softmax", "log_softmax", "linear", "relu") for suffix in ("", "_backward"))
@@ -25,12 +25,8 @@ def _reference_by_default():
 
 @pytest.fixture(params=CPU_BACKENDS)
 def backend(request):
-    """Each CPU backend whose kernels for USED_OPS exist (FASTML_STRICT forbids fallbacks)."""
-    ops = fastml.backend_info()["ops"]
-    missing = [q for q in USED_OPS if ops[q][request.param] != "native"]
-    if missing:
-        pytest.skip(f"backend {request.param!r} has no native kernel yet for {missing}")
-    with fastml.use_backend(request.param):
+    """Each CPU backend whose kernels for USED_OPS exist."""
+    with fastml.use_backend(require_native(request.param, USED_OPS)):
         yield request.param
 
 

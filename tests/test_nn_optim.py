@@ -13,8 +13,8 @@ import fastml
 from fastml import layers, losses, nn, optim
 
 from gradcheck import numeric_grad
+from native import CPU_BACKENDS, require_native
 
-CPU_BACKENDS = [b for b in fastml.available_backends() if b != "cuda"]
 # What modules and optimizers run; a backend's own kernels are tested in test_ops.py.
 USED_OPS = ("layers.linear", "layers.linear_backward", "layers.relu", "layers.relu_backward",
             "losses.cross_entropy", "losses.cross_entropy_grad", "optim.sgd_step",
@@ -30,12 +30,8 @@ def _reference_by_default():
 
 @pytest.fixture(params=CPU_BACKENDS)
 def backend(request):
-    """Each CPU backend whose kernels for USED_OPS exist (FASTML_STRICT forbids fallbacks)."""
-    ops = fastml.backend_info()["ops"]
-    missing = [q for q in USED_OPS if ops[q][request.param] != "native"]
-    if missing:
-        pytest.skip(f"backend {request.param!r} has no native kernel yet for {missing}")
-    with fastml.use_backend(request.param):
+    """Each CPU backend whose kernels for USED_OPS exist."""
+    with fastml.use_backend(require_native(request.param, USED_OPS)):
         yield request.param
 
 

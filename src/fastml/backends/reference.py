@@ -135,6 +135,26 @@ def _max_pool_argmax(x, kernel, stride, padding):
     return best, idx
 
 
+def update_running_stats(running_mean, running_var, mean, var, m, momentum):
+    """torch's in-place update from a batch's float64 mean and biased variance over m
+    values: ``r = (1 - momentum) r + momentum * stat``, with the unbiased variance."""
+    unbiased = var * m / (m - 1)
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+
+
+def batch_norm_affine(mean, var, weight, bias, eps):
+    """Per-channel float64 (scale, shift) with ``y = x * scale + shift`` equal to
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` (weight, bias may be None)."""
+    scale = 1 / np.sqrt(var + eps)
+    shift = -mean * scale
+    if weight is not None:
+        scale, shift = scale * weight, shift * weight
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
 def _channel_stats(x64):
     """Per-channel mean and biased variance of x (N, C, L) in float64, two passes
     (NaN, silently, for channels without values)."""
@@ -382,18 +402,11 @@ class ReferenceBackend:
         if training:
             mean, var = _channel_stats(x64)
             if running_mean is not None and x.size:  # an empty batch leaves them (torch)
-                m = x.shape[0] * x.shape[2]
-                unbiased = var * m / (m - 1)
-                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+                update_running_stats(running_mean, running_var, mean, var,
+                                     x.shape[0] * x.shape[2], momentum)
         else:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-        scale = 1 / np.sqrt(var + eps)
-        shift = -mean * scale
-        if weight is not None:
-            scale, shift = scale * weight, shift * weight
-        if bias is not None:
-            shift = shift + bias
+        scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
         return (x64 * scale[:, None] + shift[:, None]).astype(x.dtype)
 
     @op("layers")

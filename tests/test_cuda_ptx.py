@@ -235,6 +235,34 @@ def test_cross_entropy_grad_on_gpu():
     np.testing.assert_allclose(dev.copy_to_host(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu(), reason="needs a real CUDA GPU and FASTML_TEST_GPU=1 (simulator off)")
+def test_no_recompilation_across_calls():
+    """A kernel compiles once per argument-type signature: a second round of the same
+    calls (new arrays, other sizes, same dtypes) adds no overload to any dispatcher."""
+    import fastml
+    from fastml import layers, losses
+    from fastml.backends import _cuda_kernels as K
+
+    def overloads():
+        return {name: len(d.overloads) for name, d in vars(K).items() if hasattr(d, "overloads")}
+
+    def round_(n):
+        rng = np.random.default_rng(n)
+        x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+        with fastml.use_backend("cuda"):
+            layers.conv2d_backward(layers.conv2d(x, w, padding=1), x, w, padding=1)
+            layers.batch_norm(x, None, None)
+            layers.gelu(x)
+            losses.cross_entropy_grad(x.reshape(n, -1), np.zeros(n, np.int64))
+
+    round_(4)
+    first = overloads()
+    round_(9)
+    assert overloads() == first
+
+
 @pytest.mark.skipif(not (SIMULATOR or _real_gpu()), reason="needs the CUDA simulator or a GPU")
 def test_device_arrays_in_device_arrays_out():
     """Device inputs give device outputs (no host round trip); in-place steps update them."""

@@ -15,6 +15,7 @@ the parallel twin and the others run the serial twin.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import numba
@@ -62,6 +63,45 @@ def _run(twin, size, *args, chunked=False, parallel_min=PARALLEL_MIN):
                 numba.set_num_threads(threads)
                 return twin.parallel(*args, threads) if chunked else twin.parallel(*args)
     return twin.serial(*args, 1) if chunked else twin.serial(*args)
+
+
+# The largest float64 x at which the reference's float64 derivative is exactly 0 (found
+# by bisection on the reference, as numba_cuda's): gelu 'none', exp(-x^2 / 2)
+# underflows; silu, exp(-x) overflows.
+_ZERO_BELOW = {"none": -38.6039692027113, "silu": -709.7827128933841}
+_ROOT_HALF_WIDTH, _ROOT_DEGREE = 0.125, 6
+
+
+@functools.cache
+def _f32_consts(key):
+    """(lo, root) of the float32 gelu ('none') / silu backward kernels: lo, the zero
+    tail's threshold rounded down to float32; root = (r_hi, r_lo, w, a0, ..., a6), the
+    degree-6 Chebyshev interpolant of the reference's float64 derivative on
+    |x - r| < w = 1/8 around its root r = r_hi + r_lo, in powers of x - r (error < 1e-10),
+    as numba_cuda's ``_root_poly``."""
+    lo = np.float32(_ZERO_BELOW[key])
+    if lo > _ZERO_BELOW[key]:
+        lo = np.nextafter(lo, np.float32(-np.inf))
+    ref = ReferenceBackend()
+
+    def deriv(x):
+        x = np.asarray(x, np.float64)
+        if key == "silu":
+            return ref.silu_backward(np.ones_like(x), x)
+        return ref.gelu_backward(np.ones_like(x), x, key)
+
+    a, b = (-1.5, -1.0) if key == "silu" else (-1.0, -0.5)  # deriv(a) < 0 < deriv(b)
+    while (mid := (a + b) / 2) not in (a, b):
+        a, b = (mid, b) if deriv(mid) < 0 else (a, mid)
+    w = _ROOT_HALF_WIDTH
+    P = np.polynomial
+    cheb = P.Chebyshev.interpolate(lambda h: deriv(a + h), _ROOT_DEGREE, domain=[-w, w])
+    coef = np.zeros(_ROOT_DEGREE + 1)
+    power = cheb.convert(kind=P.Polynomial, domain=[-w, w], window=[-w, w]).coef
+    coef[:len(power)] = power
+    r_hi = np.float32(a)
+    root = (r_hi, np.float32(a - float(r_hi)), np.float32(w), *coef.astype(np.float32))
+    return lo, tuple(np.float32(c) for c in root)
 
 
 def _map(twin, first, *rest):
@@ -160,19 +200,26 @@ class NumbaBackend(ReferenceBackend):
 
     @op("layers")
     def gelu(self, x, approximate):
-        return _map(K.gelu_tanh if approximate == "tanh" else K.gelu_erf, x)
+        if approximate == "tanh":
+            return _map(K.gelu_tanh, x)
+        return _map(K.gelu_erf_f32 if x.dtype == np.float32 else K.gelu_erf, x)
 
     @op("layers")
     def gelu_backward(self, grad_out, x, approximate):
-        twin = K.gelu_tanh_backward if approximate == "tanh" else K.gelu_erf_backward
-        return _map(twin, grad_out, x)
+        if approximate == "tanh":
+            return _map(K.gelu_tanh_backward, grad_out, x)
+        if x.dtype == np.float32:
+            return _map(K.gelu_erf_backward_f32, grad_out, x, *_f32_consts("none"))
+        return _map(K.gelu_erf_backward, grad_out, x)
 
     @op("layers")
     def silu(self, x):
-        return _map(K.silu, x)
+        return _map(K.silu_f32 if x.dtype == np.float32 else K.silu, x)
 
     @op("layers")
     def silu_backward(self, grad_out, x):
+        if x.dtype == np.float32:
+            return _map(K.silu_backward_f32, grad_out, x, *_f32_consts("silu"))
         return _map(K.silu_backward, grad_out, x)
 
     @op("layers")
@@ -322,9 +369,11 @@ class NumbaBackend(ReferenceBackend):
         gw = gb = np.zeros(n)
         if out.size:
             redo = np.empty(rows, np.bool_)
-            gw, gb = _run(K.layer_norm_backward, x.size, grad_out, x,
-                          x[0] if weight is None else weight, weight is not None,
-                          float(eps), redo, out, chunked=True)
+            # weight in float64 (exact): the kernel's products are float64 anyway, and
+            # this saves converting it once per row in both passes
+            w64 = np.zeros(1) if weight is None else weight.astype(np.float64)
+            gw, gb = _run(K.layer_norm_backward, x.size, grad_out, x, w64,
+                          weight is not None, float(eps), redo, out, chunked=True)
             if redo.any():
                 # The reference's formulas on those rows, its mean to the last bit
                 # (see the kernel); their column sums added last.

@@ -3,9 +3,10 @@
 Every kernel writes ``out`` (allocated by the caller, same length as the
 inputs) and runs in parallel when the array is large enough to pay for it.
 sigmoid and tanh run the CPU-dispatched vector loops of _kernels.h, one
-contiguous chunk per thread; so do GELU and SiLU, whose loops of _kernels.h
-compute each element in double (float32 widened, rounded once), as the
-reference does.
+contiguous chunk per thread; so do GELU and SiLU. Their float64 loops (and
+float32 GELU-tanh) compute each element in double, as the reference does;
+float32 GELU (erf) and SiLU run in float32 vectors, with the derivatives'
+roots and tails handled as described in _kernels.h.
 """
 from cython cimport floating
 from cython.parallel cimport prange

@@ -15,6 +15,7 @@
  *
  * _kernels_impl.h holds the type-generic loops; it is included once per dtype below.
  */
+#ifndef FM_NORM_T          /* see the normalization loops at the end */
 #ifndef FASTML_KERNELS_H
 #define FASTML_KERNELS_H
 
@@ -259,9 +260,10 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
 /* ------------------------------------------------------------- GELU / SiLU */
 /* GELU and SiLU per element in double, with the reference's (torch's) formulas in its
  * order of operations; the loops of _kernels_impl.h widen float32 inputs, call these and
- * round once, so a float32 result is the reference's within an ulp, also near the roots
- * of the derivatives (gelu' at x ~ -0.752, silu' at x ~ -1.278) where float32 arithmetic
- * would cancel. exp and tanh are the branch-free fm_exp_f64 / fm_tanh_f64 above, so the
+ * round once (float32 GELU-erf and SiLU use the float32 loops further below instead, and
+ * these helpers only where those fall back), so a float32 result is the reference's
+ * within an ulp, also near the roots of the derivatives (gelu' at x ~ -0.752, silu' at
+ * x ~ -1.278) where float32 arithmetic would cancel. exp and tanh are the branch-free fm_exp_f64 / fm_tanh_f64 above, so the
  * SiLU and (float32) tanh-GELU loops vectorize; erf is libm's. No FMA contraction, as in the
  * losses: derivatives that underflow to 0 must stay 0 (grad * 0 is NaN, not inf, for an
  * infinite grad). x * x * x is the reference's x ** 3 (correctly rounded for a float32 x:
@@ -331,4 +333,399 @@ static inline double fm_silu_grad_d(double x) {
 #undef FM_I
 #undef FM_SFX
 
+/* ------------------------------------------------- GELU / SiLU in float32 arithmetic */
+/* The float32 loops below compute in float32 vectors (twice the lanes of the double
+ * helpers above) where that is provably inside the float32 tolerance (rtol 1e-5, atol
+ * 1e-6 against the reference), and fall back to the double helpers elsewhere:
+ *  - near the root of a derivative (gelu' at x0 ~ -0.7518, silu' at x0 ~ -1.2785) the
+ *    formula cancels in float32: within |x - x0| < 1/8 the derivative is its degree-7
+ *    Taylor polynomial about x0 (coefficients in double from mpmath, rounded to float;
+ *    the truncation is below 1e-8 relative there), in t = (x - x0_hi) - x0_lo, where
+ *    x - x0_hi is exact (Sterbenz). Outside, |f'| > 0.027 and the cancellation costs at
+ *    most a factor 10 of the terms' few-ulp errors: a few 1e-6 relative;
+ *  - in the tails, where float32 exp underflows or overflows long before float64's (a
+ *    derivative that is nonzero in the reference must be nonzero here: inf * 0 is NaN),
+ *    and for inf / NaN inputs: in each block of FM_ACT_BLOCK elements that holds such an
+ *    x, those elements are redone with the double helpers (the earlier code path).
+ * The AVX-512 clone contracts to FMA here (only more accurate; the clones may then differ
+ * in the last bit).
+ * Forward values have no root to cancel at: GELU's x * Phi(x) and SiLU's x / (1 + e^-x)
+ * run in float32 throughout (far tails: -0 where the reference has a float32 subnormal
+ * or 0, below atol; +-inf and NaN come out as the reference's).
+ *
+ * Phi(x) = erfc(|x| / sqrt 2) / 2 (x < 0) or 1 - erfc(|x| / sqrt 2) / 2, erfc(z) =
+ * t exp(-z*z + P(t)), t = 1 / (1 + z/2) (Numerical Recipes' erfcc, a Chebyshev fit with
+ * fractional error below 1.2e-7 for all z >= 0); z*z = x*x/2 is rounded once. For
+ * -5.3 < x < 0 (below, |gelu| < atol) the exponent is above -15, so its rounding costs
+ * < 1e-6 relative; x >= 0 needs only absolute accuracy. Branch-free: every loop
+ * vectorizes (16 float lanes in the AVX-512 clone). */
+#define FM_ACT_BLOCK 256
+#define FM_GELU_X0_HI -0x1.80ead2p-1f
+#define FM_GELU_X0_LO 0x1.a03fd4p-27f
+#define FM_SILU_X0_HI -0x1.474974p+0f
+#define FM_SILU_X0_LO 0x1.bdf6fap-27f
+#define FM_ROOT_HALFWIDTH 0.125f
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")   /* FMA where the clone has it: only more accurate */
+/* e**x for x <= 0 (not NaN), flushed to 2**-126 * e**(r) below x = -87.3 (callers only
+ * use it where that is below atol or redone in double): one scaling by 2**n, no NaN or
+ * overflow select, so cheaper than fm_exp_f32 */
+FM_INLINE float fm_exp_nonpos_f32(float x) {
+    float n, q = fm_expm1_reduced_f32(x < -87.0f ? -87.0f : x, &n);
+    return (1.0f + q) * fm_pow2_f32(n);
+}
+
+/* erfc(|x| / sqrt 2), with *ez = exp(-x*x/2) when want_ez */
+FM_INLINE float fm_gelu_erfc_f32(float x, float *ez, int want_ez) {
+    float a = x < 0 ? -x : x, zz = 0.5f * (x * x);
+    float t = 1.0f / (1.0f + 0.5f * (a * 0.70710678f));
+    float q = -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+              t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+              t * (-0.82215223f + t * 0.17087277f))))))));
+    if (want_ez) *ez = fm_exp_nonpos_f32(-zz);
+    return t * fm_exp_nonpos_f32(q - zz);
+}
+
+FM_INLINE float fm_gelu_phi_cdf_f32(float x, float e) {   /* Phi(x) from e = erfc(...) */
+    return x < 0 ? 0.5f * e : 1.0f - 0.5f * e;
+}
+
+FM_INLINE float fm_gelu_grad_f32(float x) {
+    float ez, e = fm_gelu_erfc_f32(x, &ez, 1);
+    float d = fm_gelu_phi_cdf_f32(x, e) + x * ez * 0.39894228f;
+    float t = (x - FM_GELU_X0_HI) - FM_GELU_X0_LO;
+    float p = t * (0.43149399f + t * (0.38828498f + t * (-0.018199676f + t * (
+        -0.11400823f + t * (-0.014771522f + t * (0.01942168f + t * 0.0045392284f))))));
+    return (t > -FM_ROOT_HALFWIDTH && t < FM_ROOT_HALFWIDTH) ? p : d;
+}
+
+FM_INLINE float fm_silu_grad_f32(float x) {
+    float s = 1.0f / (1.0f + fm_exp_f32(-x));
+    float d = s * (1.0f + x * (1.0f - s));
+    float t = (x - FM_SILU_X0_HI) - FM_SILU_X0_LO;
+    float p = t * (0.21781171f + t * (0.1466488f + t * (0.018874814f + t * (
+        -0.015222655f + t * (-0.0066065891f + t * (0.00012662741f + t * 0.00079852188f))))));
+    return (t > -FM_ROOT_HALFWIDTH && t < FM_ROOT_HALFWIDTH) ? p : d;
+}
+
+FM_DISPATCH static void fastml_gelu_fast_f32(const float *FM_RESTRICT x,
+                                             float *FM_RESTRICT out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float ez, e = fm_gelu_erfc_f32(x[i], &ez, 0);
+        out[i] = x[i] * fm_gelu_phi_cdf_f32(x[i], e);
+    }
+}
+
+FM_DISPATCH static void fastml_silu_fast_f32(const float *FM_RESTRICT x,
+                                             float *FM_RESTRICT out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + fm_exp_f32(-x[i]));
+}
+
+/* g * f'(x): float32 blocks, redone in double where some x is outside [lo, hi] (or NaN) */
+#define FM_ACT_GRAD_LOOP(GRAD_F32, GRAD_D, LO, HI)                                        \
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += FM_ACT_BLOCK) {                                 \
+        ptrdiff_t i1 = n - i0 < FM_ACT_BLOCK ? n : i0 + FM_ACT_BLOCK;                    \
+        int outside = 0;                                                                 \
+        for (ptrdiff_t i = i0; i < i1; i++) {                                            \
+            out[i] = g[i] * GRAD_F32(x[i]);                                              \
+            outside |= !(x[i] >= (LO) && x[i] <= (HI));                                  \
+        }                                                                                \
+        if (outside)                                                                     \
+            for (ptrdiff_t i = i0; i < i1; i++)                                          \
+                if (!(x[i] >= (LO) && x[i] <= (HI)))                                     \
+                    out[i] = (float)((double)g[i] * GRAD_D((double)x[i]));               \
+    }
+
+/* gelu': the float32 path for |x| <= 6 (exp(-x*x/2) >= 1.5e-8, its exponent's
+ * rounding < 1.1e-6 relative) */
+FM_DISPATCH static void fastml_gelu_backward_fast_f32(const float *FM_RESTRICT g,
+                                                      const float *FM_RESTRICT x,
+                                                      float *FM_RESTRICT out, ptrdiff_t n) {
+    FM_ACT_GRAD_LOOP(fm_gelu_grad_f32, fm_gelu_grad_d, -6.0f, 6.0f)
+}
+
+/* silu': the float32 path for x >= -80 (exp(-x) finite; +inf goes to double) */
+FM_DISPATCH static void fastml_silu_backward_fast_f32(const float *FM_RESTRICT g,
+                                                      const float *FM_RESTRICT x,
+                                                      float *FM_RESTRICT out, ptrdiff_t n) {
+    FM_ACT_GRAD_LOOP(fm_silu_grad_f32, fm_silu_grad_d, -80.0f, 3.0e38f)
+}
+#undef FM_ACT_GRAD_LOOP
+#pragma GCC pop_options
+
+/* --------------------------------------------------------- normalization loops */
+/* layer_norm rows and batch_norm channel sums / planes, in double, rounded once; defined
+ * once per dtype by including this file again with FM_NORM_T set (the #else branch). */
+#define FM_NORM_T float
+#define FM_NORM_SFX f32
+#include "_kernels.h"
+#undef FM_NORM_T
+#undef FM_NORM_SFX
+#define FM_NORM_T double
+#define FM_NORM_SFX f64
+#include "_kernels.h"
+#undef FM_NORM_T
+#undef FM_NORM_SFX
+
 #endif /* FASTML_KERNELS_H */
+#else  /* FM_NORM_T: the type-generic normalization loops */
+#define FM_N(name) FM_CAT(name, FM_NORM_SFX)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")   /* as the reference: separate multiply and add */
+
+/* NumPy's pairwise summation of a[:n] in double, bit for bit np.sum of the float64 row
+ * (8 accumulators per block of at most 128 values, blocks split in halves rounded down
+ * to a multiple of 8): the reference's means come out identical, so x - mean is exactly
+ * 0 exactly where the reference's is. Each block's 8 accumulators are one vector whose
+ * adds depend on each other; the up to 4 blocks of a subtree of at most 512 values are
+ * summed in one interleaved loop (same per-block order, 4 independent chains). */
+FM_INLINE double FM_N(fm_pw_block)(const FM_NORM_T *FM_RESTRICT a, ptrdiff_t n) {
+    double res, r[8];
+    ptrdiff_t i;
+    if (n < 8) {
+        res = 0.0;
+        for (i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    for (int k = 0; k < 8; k++) r[k] = a[k];
+    for (i = 8; i < n - n % 8; i += 8)
+        for (int k = 0; k < 8; k++) r[k] += a[i + k];
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++) res += a[i];
+    return res;
+}
+
+/* the pairwise sum of 128 < n <= 512 values whose blocks (2 to 4, each of at least 56)
+ * are the halves or the halves' halves */
+FM_INLINE double FM_N(fm_pw_subtree)(const FM_NORM_T *FM_RESTRICT a, ptrdiff_t n) {
+    ptrdiff_t off[4], len[4], h[2], hoff[2], m, i;
+    int nb = 0, split[2];
+    double r[4][8], sum[4];
+    h[0] = n / 2;
+    h[0] -= h[0] % 8;
+    h[1] = n - h[0];
+    hoff[0] = 0;
+    hoff[1] = h[0];
+    for (int s = 0; s < 2; s++) {
+        split[s] = h[s] > 128;
+        if (split[s]) {
+            ptrdiff_t q = h[s] / 2;
+            q -= q % 8;
+            off[nb] = hoff[s];
+            len[nb++] = q;
+            off[nb] = hoff[s] + q;
+            len[nb++] = h[s] - q;
+        } else {
+            off[nb] = hoff[s];
+            len[nb++] = h[s];
+        }
+    }
+    for (int b = nb; b < 4; b++) {   /* dummy blocks: block 0 again, discarded */
+        off[b] = off[0];
+        len[b] = len[0];
+    }
+    m = len[0] - len[0] % 8;
+    for (int b = 1; b < 4; b++) m = len[b] - len[b] % 8 < m ? len[b] - len[b] % 8 : m;
+    for (int b = 0; b < 4; b++)
+        for (int k = 0; k < 8; k++) r[b][k] = a[off[b] + k];
+    for (i = 8; i < m; i += 8)
+        for (int b = 0; b < 4; b++)
+            for (int k = 0; k < 8; k++) r[b][k] += a[off[b] + i + k];
+    for (int b = 0; b < nb; b++) {
+        const FM_NORM_T *FM_RESTRICT p = a + off[b];
+        ptrdiff_t j, e = len[b] - len[b] % 8;
+        for (j = m; j < e; j += 8)
+            for (int k = 0; k < 8; k++) r[b][k] += p[j + k];
+        sum[b] = ((r[b][0] + r[b][1]) + (r[b][2] + r[b][3])) +
+                 ((r[b][4] + r[b][5]) + (r[b][6] + r[b][7]));
+        for (; j < len[b]; j++) sum[b] += p[j];
+    }
+    if (split[0] && split[1]) return (sum[0] + sum[1]) + (sum[2] + sum[3]);
+    if (split[0]) return (sum[0] + sum[1]) + sum[2];
+    if (split[1]) return sum[0] + (sum[1] + sum[2]);
+    return sum[0] + sum[1];
+}
+
+FM_DISPATCH static double FM_N(fastml_pairwise)(const FM_NORM_T *FM_RESTRICT a, ptrdiff_t n) {
+    ptrdiff_t n2;
+    if (n <= 128) return FM_N(fm_pw_block)(a, n);
+    n2 = n / 2;
+    n2 -= n2 % 8;
+    if (n <= 512) {   /* its blocks: the halves, or their halves where over 128 */
+        ptrdiff_t h = n - n2, q = h / 2;   /* h >= n2: the larger half */
+        if (h <= 128 || h - (q - q % 8) <= 128) return FM_N(fm_pw_subtree)(a, n);
+    }
+    return FM_N(fastml_pairwise)(a, n2) + FM_N(fastml_pairwise)(a + n2, n - n2);
+}
+
+/* mean (pairwise sum / n, as the reference) and biased variance of a row */
+FM_INLINE void FM_N(fm_row_moments)(const FM_NORM_T *FM_RESTRICT x, ptrdiff_t n,
+                                    double *mean, double *var) {
+    double acc[FM_LANES] = {0}, mu = FM_N(fastml_pairwise)(x, n) / n;
+    ptrdiff_t j = 0;
+    for (; j + FM_LANES <= n; j += FM_LANES)
+        for (int k = 0; k < FM_LANES; k++) {
+            double d = x[j + k] - mu;
+            acc[k] += d * d;
+        }
+    for (int k = 0; j + k < n; k++) {
+        double d = x[j + k] - mu;
+        acc[k] += d * d;
+    }
+    *mean = mu;
+    *var = fm_lanes_sum(acc) / n;
+}
+
+/* layer_norm of rows [lo, hi) of x (rows of n): (x - mean) / sqrt(var + eps) * w + b */
+FM_DISPATCH static void FM_N(fastml_layer_norm_rows)(const FM_NORM_T *FM_RESTRICT x,
+                                                     const FM_NORM_T *FM_RESTRICT w,
+                                                     const FM_NORM_T *FM_RESTRICT b,
+                                                     double eps, FM_NORM_T *FM_RESTRICT out,
+                                                     ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n) {
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        const FM_NORM_T *FM_RESTRICT xr = x + i * n;
+        FM_NORM_T *FM_RESTRICT o = out + i * n;
+        double mu, var, inv;
+        FM_N(fm_row_moments)(xr, n, &mu, &var);
+        inv = 1.0 / sqrt(var + eps);
+        if (w && b)
+            for (ptrdiff_t j = 0; j < n; j++)
+                o[j] = (FM_NORM_T)(((xr[j] - mu) * inv) * w[j] + b[j]);
+        else if (w)
+            for (ptrdiff_t j = 0; j < n; j++) o[j] = (FM_NORM_T)(((xr[j] - mu) * inv) * w[j]);
+        else if (b)
+            for (ptrdiff_t j = 0; j < n; j++) o[j] = (FM_NORM_T)(((xr[j] - mu) * inv) + b[j]);
+        else
+            for (ptrdiff_t j = 0; j < n; j++) o[j] = (FM_NORM_T)((xr[j] - mu) * inv);
+    }
+}
+
+/* layer_norm_backward of rows [lo, hi); with w, adds sum(g xhat) and sum(g) of each
+ * column to colw / colb (row order). Row sums in FM_LANES accumulators. */
+FM_DISPATCH static void FM_N(fastml_layer_norm_backward_rows)(
+        const FM_NORM_T *FM_RESTRICT g, const FM_NORM_T *FM_RESTRICT x,
+        const FM_NORM_T *FM_RESTRICT w, double eps, FM_NORM_T *FM_RESTRICT gx,
+        ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n, double *FM_RESTRICT colw,
+        double *FM_RESTRICT colb) {
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        const FM_NORM_T *FM_RESTRICT xr = x + i * n;
+        const FM_NORM_T *FM_RESTRICT gr = g + i * n;
+        FM_NORM_T *FM_RESTRICT o = gx + i * n;
+        double s[FM_LANES] = {0}, t[FM_LANES] = {0}, mu, var, inv, mg, mgx;
+        ptrdiff_t j = 0;
+        FM_N(fm_row_moments)(xr, n, &mu, &var);
+        inv = 1.0 / sqrt(var + eps);
+        if (w) {
+            for (; j + FM_LANES <= n; j += FM_LANES)
+                for (int k = 0; k < FM_LANES; k++) {
+                    double xh = (xr[j + k] - mu) * inv, gj = gr[j + k], gw = gj * w[j + k];
+                    colw[j + k] += gj * xh;
+                    colb[j + k] += gj;
+                    s[k] += gw;
+                    t[k] += gw * xh;
+                }
+            for (int k = 0; j + k < n; k++) {
+                double xh = (xr[j + k] - mu) * inv, gj = gr[j + k], gw = gj * w[j + k];
+                colw[j + k] += gj * xh;
+                colb[j + k] += gj;
+                s[k] += gw;
+                t[k] += gw * xh;
+            }
+            mg = fm_lanes_sum(s) / n;
+            mgx = fm_lanes_sum(t) / n;
+            for (j = 0; j < n; j++)
+                o[j] = (FM_NORM_T)(inv * (((double)gr[j] * w[j] - mg) -
+                                          ((xr[j] - mu) * inv) * mgx));
+        } else {
+            for (; j + FM_LANES <= n; j += FM_LANES)
+                for (int k = 0; k < FM_LANES; k++) {
+                    double xh = (xr[j + k] - mu) * inv, gj = gr[j + k];
+                    s[k] += gj;
+                    t[k] += gj * xh;
+                }
+            for (int k = 0; j + k < n; k++) {
+                double xh = (xr[j + k] - mu) * inv, gj = gr[j + k];
+                s[k] += gj;
+                t[k] += gj * xh;
+            }
+            mg = fm_lanes_sum(s) / n;
+            mgx = fm_lanes_sum(t) / n;
+            for (j = 0; j < n; j++)
+                o[j] = (FM_NORM_T)(inv * (((double)gr[j] - mg) - ((xr[j] - mu) * inv) * mgx));
+        }
+    }
+}
+
+/* batch_norm: the shifted sums of one (n, c) segment of L values added to the lane
+ * accumulators sums[0..3][FM_LANES] (x - s, (x - s)**2, and with g: g, g (x - s)). */
+FM_INLINE void FM_N(fm_bn_seg)(const FM_NORM_T *FM_RESTRICT xs, const FM_NORM_T *FM_RESTRICT gs,
+                               ptrdiff_t L, double sh, double *FM_RESTRICT a,
+                               double *FM_RESTRICT q, double *FM_RESTRICT b,
+                               double *FM_RESTRICT e, int with_g) {
+    ptrdiff_t l = 0;
+    for (; l + FM_LANES <= L; l += FM_LANES)
+        for (int k = 0; k < FM_LANES; k++) {
+            double v = xs[l + k] - sh;
+            a[k] += v;
+            q[k] += v * v;
+            if (with_g) {
+                double gv = gs[l + k];
+                b[k] += gv;
+                e[k] += gv * v;
+            }
+        }
+    for (int k = 0; l + k < L; k++) {
+        double v = xs[l + k] - sh;
+        a[k] += v;
+        q[k] += v * v;
+        if (with_g) {
+            double gv = gs[l + k];
+            b[k] += gv;
+            e[k] += gv * v;
+        }
+    }
+}
+
+/* Channel c of x (N, C, L) (and g): res[0] = the sum of NumPy's pairwise sums of the
+ * segments (C > 1; else 0), res[1..4] = sum(x - sh), sum((x - sh)**2), sum(g),
+ * sum(g (x - sh)) (the last two with g only). */
+FM_DISPATCH static void FM_N(fastml_bn_channel_sums)(const FM_NORM_T *FM_RESTRICT x,
+                                                     const FM_NORM_T *FM_RESTRICT g,
+                                                     ptrdiff_t N, ptrdiff_t C, ptrdiff_t L,
+                                                     ptrdiff_t c, double sh, double *res) {
+    double a[FM_LANES] = {0}, q[FM_LANES] = {0}, b[FM_LANES] = {0}, e[FM_LANES] = {0};
+    double mu = 0;
+    for (ptrdiff_t n = 0; n < N; n++) {
+        const FM_NORM_T *xs = x + (n * C + c) * L;
+        if (C > 1) mu += FM_N(fastml_pairwise)(xs, L);
+        if (g)
+            FM_N(fm_bn_seg)(xs, g + (n * C + c) * L, L, sh, a, q, b, e, 1);
+        else
+            FM_N(fm_bn_seg)(xs, xs, L, sh, a, q, b, e, 0);
+    }
+    res[0] = mu;
+    res[1] = fm_lanes_sum(a);
+    res[2] = fm_lanes_sum(q);
+    res[3] = fm_lanes_sum(b);
+    res[4] = fm_lanes_sum(e);
+}
+
+/* out = x * a + b over a plane, in double, rounded once */
+FM_DISPATCH static void FM_N(fastml_bn_apply_plane)(const FM_NORM_T *FM_RESTRICT x, double a,
+                                                    double b, FM_NORM_T *FM_RESTRICT out,
+                                                    ptrdiff_t L) {
+    for (ptrdiff_t l = 0; l < L; l++) out[l] = (FM_NORM_T)(x[l] * a + b);
+}
+
+/* out = k ((g - a) - (x - mu) inv b) over a plane, in double, rounded once */
+FM_DISPATCH static void FM_N(fastml_bn_backward_apply_plane)(
+        const FM_NORM_T *FM_RESTRICT g, const FM_NORM_T *FM_RESTRICT x, double mu,
+        double inv, double k, double a, double b, FM_NORM_T *FM_RESTRICT out, ptrdiff_t L) {
+    for (ptrdiff_t l = 0; l < L; l++)
+        out[l] = (FM_NORM_T)(k * ((g[l] - a) - ((x[l] - mu) * inv) * b));
+}
+
+#pragma GCC pop_options
+#undef FM_N
+#endif /* FM_NORM_T */

@@ -94,6 +94,48 @@ cdef extern from "_kernels.h" nogil:
                             double sign, double wd, double clr, double eps, int coupled)
 
 
+    void fastml_gelu_fast_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_gelu_backward_fast_f32(const float* g, const float* x, float* out,
+                                       Py_ssize_t n)
+    void fastml_silu_fast_f32(const float* x, float* out, Py_ssize_t n)
+    void fastml_silu_backward_fast_f32(const float* g, const float* x, float* out,
+                                       Py_ssize_t n)
+
+    double fastml_pairwise_f32(const float* a, Py_ssize_t n)
+    double fastml_pairwise_f64(const double* a, Py_ssize_t n)
+
+    void fastml_layer_norm_rows_f32(const float* x, const float* w, const float* b,
+                                    double eps, float* out, Py_ssize_t lo, Py_ssize_t hi,
+                                    Py_ssize_t n)
+    void fastml_layer_norm_rows_f64(const double* x, const double* w, const double* b,
+                                    double eps, double* out, Py_ssize_t lo, Py_ssize_t hi,
+                                    Py_ssize_t n)
+    void fastml_layer_norm_backward_rows_f32(const float* g, const float* x, const float* w,
+                                             double eps, float* gx, Py_ssize_t lo,
+                                             Py_ssize_t hi, Py_ssize_t n, double* colw,
+                                             double* colb)
+    void fastml_layer_norm_backward_rows_f64(const double* g, const double* x,
+                                             const double* w, double eps, double* gx,
+                                             Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n,
+                                             double* colw, double* colb)
+    void fastml_bn_channel_sums_f32(const float* x, const float* g, Py_ssize_t N,
+                                    Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, double sh,
+                                    double* res)
+    void fastml_bn_channel_sums_f64(const double* x, const double* g, Py_ssize_t N,
+                                    Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, double sh,
+                                    double* res)
+    void fastml_bn_apply_plane_f32(const float* x, double a, double b, float* out,
+                                   Py_ssize_t L)
+    void fastml_bn_apply_plane_f64(const double* x, double a, double b, double* out,
+                                   Py_ssize_t L)
+    void fastml_bn_backward_apply_plane_f32(const float* g, const float* x, double mu,
+                                            double inv, double k, double a, double b,
+                                            float* out, Py_ssize_t L)
+    void fastml_bn_backward_apply_plane_f64(const double* g, const double* x, double mu,
+                                            double inv, double k, double a, double b,
+                                            double* out, Py_ssize_t L)
+
+
 cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:
         fastml_sigmoid_f32(x, out, n)
@@ -104,7 +146,10 @@ cdef inline void sigmoid_k(const floating* x, floating* out, Py_ssize_t n) noexc
 cdef inline void gelu_k(const floating* x, floating* out, Py_ssize_t n,
                         int approx_tanh) noexcept nogil:
     if floating is float:
-        fastml_gelu_f32(x, out, n, approx_tanh)
+        if approx_tanh:
+            fastml_gelu_f32(x, out, n, approx_tanh)
+        else:
+            fastml_gelu_fast_f32(x, out, n)
     else:
         fastml_gelu_f64(x, out, n, approx_tanh)
 
@@ -112,14 +157,17 @@ cdef inline void gelu_k(const floating* x, floating* out, Py_ssize_t n,
 cdef inline void gelu_backward_k(const floating* g, const floating* x, floating* out,
                                  Py_ssize_t n, int approx_tanh) noexcept nogil:
     if floating is float:
-        fastml_gelu_backward_f32(g, x, out, n, approx_tanh)
+        if approx_tanh:
+            fastml_gelu_backward_f32(g, x, out, n, approx_tanh)
+        else:
+            fastml_gelu_backward_fast_f32(g, x, out, n)
     else:
         fastml_gelu_backward_f64(g, x, out, n, approx_tanh)
 
 
 cdef inline void silu_k(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fastml_silu_f32(x, out, n)
+        fastml_silu_fast_f32(x, out, n)
     else:
         fastml_silu_f64(x, out, n)
 
@@ -127,7 +175,7 @@ cdef inline void silu_k(const floating* x, floating* out, Py_ssize_t n) noexcept
 cdef inline void silu_backward_k(const floating* g, const floating* x, floating* out,
                                  Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fastml_silu_backward_f32(g, x, out, n)
+        fastml_silu_backward_fast_f32(g, x, out, n)
     else:
         fastml_silu_backward_f64(g, x, out, n)
 
@@ -185,3 +233,56 @@ cdef inline void ce_grad_row(const floating* x, const floating* w, Py_ssize_t n,
         fastml_ce_grad_row_f32(x, w, n, t, a, b, sw, coef, out)
     else:
         fastml_ce_grad_row_f64(x, w, n, t, a, b, sw, coef, out)
+
+
+cdef inline void layer_norm_rows(const floating* x, const floating* w, const floating* b,
+                                 double eps, floating* out, Py_ssize_t lo, Py_ssize_t hi,
+                                 Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastml_layer_norm_rows_f32(x, w, b, eps, out, lo, hi, n)
+    else:
+        fastml_layer_norm_rows_f64(x, w, b, eps, out, lo, hi, n)
+
+
+cdef inline void layer_norm_backward_rows(const floating* g, const floating* x,
+                                          const floating* w, double eps, floating* gx,
+                                          Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n,
+                                          double* colw, double* colb) noexcept nogil:
+    if floating is float:
+        fastml_layer_norm_backward_rows_f32(g, x, w, eps, gx, lo, hi, n, colw, colb)
+    else:
+        fastml_layer_norm_backward_rows_f64(g, x, w, eps, gx, lo, hi, n, colw, colb)
+
+
+cdef inline void bn_channel_sums(const floating* x, const floating* g, Py_ssize_t N,
+                                 Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, double sh,
+                                 double* res) noexcept nogil:
+    if floating is float:
+        fastml_bn_channel_sums_f32(x, g, N, C, L, c, sh, res)
+    else:
+        fastml_bn_channel_sums_f64(x, g, N, C, L, c, sh, res)
+
+
+cdef inline void bn_apply_plane(const floating* x, double a, double b, floating* out,
+                                Py_ssize_t L) noexcept nogil:
+    if floating is float:
+        fastml_bn_apply_plane_f32(x, a, b, out, L)
+    else:
+        fastml_bn_apply_plane_f64(x, a, b, out, L)
+
+
+cdef inline void bn_backward_apply_plane(const floating* g, const floating* x, double mu,
+                                         double inv, double k, double a, double b,
+                                         floating* out, Py_ssize_t L) noexcept nogil:
+    if floating is float:
+        fastml_bn_backward_apply_plane_f32(g, x, mu, inv, k, a, b, out, L)
+    else:
+        fastml_bn_backward_apply_plane_f64(g, x, mu, inv, k, a, b, out, L)
+
+
+cdef inline double pairwise_sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """NumPy's pairwise sum of a[:n] in double (bit for bit np.sum of the float64 row)."""
+    if floating is float:
+        return fastml_pairwise_f32(a, n)
+    else:
+        return fastml_pairwise_f64(a, n)

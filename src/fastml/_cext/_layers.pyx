@@ -16,11 +16,13 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, isfinite, sqrt
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+from ._kernels cimport (bn_apply_plane, bn_backward_apply_plane, bn_channel_sums,
+                       layer_norm_backward_rows, layer_norm_rows, pairwise_sum)
 from ._scalar cimport PAR_MIN_WORK
 
 cdef extern from *:
@@ -431,46 +433,9 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
 
 
 # ------------------------------------------------------------------ normalization
-cdef double _pairwise(const floating* a, Py_ssize_t n) noexcept nogil:
-    """NumPy's pairwise summation of a[:n] in double (bit for bit np.sum of a float64
-    row): the reference's means come out identical, so x - mean is exactly 0 exactly
-    where the reference's is (inf * 0 = NaN, inf * tiny = inf)."""
-    cdef double r0, r1, r2, r3, r4, r5, r6, r7, res
-    cdef Py_ssize_t i, n2
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res = res + a[i]
-        return res
-    if n <= 128:
-        r0 = a[0]
-        r1 = a[1]
-        r2 = a[2]
-        r3 = a[3]
-        r4 = a[4]
-        r5 = a[5]
-        r6 = a[6]
-        r7 = a[7]
-        i = 8
-        while i < n - n % 8:
-            r0 = r0 + a[i]
-            r1 = r1 + a[i + 1]
-            r2 = r2 + a[i + 2]
-            r3 = r3 + a[i + 3]
-            r4 = r4 + a[i + 4]
-            r5 = r5 + a[i + 5]
-            r6 = r6 + a[i + 6]
-            r7 = r7 + a[i + 7]
-            i = i + 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res = res + a[i]
-            i = i + 1
-        return res
-    n2 = n // 2
-    n2 = n2 - n2 % 8
-    return _pairwise(a, n2) + _pairwise(a + n2, n - n2)
-
+# The loops are the vectorized, CPU-dispatched ones of _kernels.h (in double, rounded
+# once; means from NumPy's pairwise sums, bit for bit the reference's, so x - mean is
+# exactly 0 exactly where the reference's is: inf * 0 = NaN, inf * tiny = inf).
 
 # ------------------------------------------------------------------ batch_norm
 cdef inline double _shift(floating v) noexcept nogil:
@@ -482,71 +447,46 @@ cdef inline double _shift(floating v) noexcept nogil:
 def batch_norm_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
                      int num_threads):
     """Per-channel mean and biased variance of x (N, C, L) in double, one pass over the
-    data: sums of x - s and (x - s)**2 with s the channel's first value, four partial
-    sums each."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, l
-    cdef double m = <double>(N * L), s, v0, v1, a0, a1, q0, q1, sx, sxx, mu
+    data: sums of x - s and (x - s)**2 with s the channel's first value."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
+    cdef double m = <double>(N * L), sx, sxx, mu, v
     cdef const floating* xp
-    cdef const floating* seg
+    cdef double* r
     if C == 0:
         return
     if N * L == 0:
         for c in range(C):
             mean[c] = var[c] = np.nan
         return
+    res_arr = np.zeros((C, 5))
+    cdef double[:, ::1] res = res_arr
     xp = &x[0, 0, 0]
     for c in prange(C, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=C > 1 and N * C * L >= PAR_MIN_WORK):
-        s = _shift(xp[c * L])
-        a0 = 0
-        a1 = 0
-        q0 = 0
-        q1 = 0
-        mu = 0
-        for n in range(N):
-            seg = xp + (n * C + c) * L
-            if C > 1:  # NumPy's order for mean(axis=(0, 2)): pairwise per segment
-                mu = mu + _pairwise(seg, L)
-            l = 0
-            while l + 2 <= L:
-                v0 = seg[l] - s
-                v1 = seg[l + 1] - s
-                a0 = a0 + v0
-                a1 = a1 + v1
-                q0 = q0 + v0 * v0
-                q1 = q1 + v1 * v1
-                l = l + 2
-            if l < L:
-                v0 = seg[l] - s
-                a0 = a0 + v0
-                q0 = q0 + v0 * v0
-        sx = a0 + a1
-        sxx = q0 + q1
+        r = &res[c, 0]
+        # NumPy's order for mean(axis=(0, 2)): pairwise per segment (C > 1)
+        bn_channel_sums(xp, <const floating*>NULL, N, C, L, c, _shift(xp[c * L]), r)
+        sx = r[1]
+        sxx = r[2]
         if C == 1:  # NumPy coalesces (N, 1, L) into one pairwise sum
-            mu = _pairwise(xp, N * L)
+            mu = pairwise_sum(xp, N * L)
+        else:
+            mu = r[0]
         mean[c] = mu / m
-        v0 = (sxx - sx * (sx / m)) / m
-        var[c] = 0.0 if v0 < 0 else v0
+        v = (sxx - sx * (sx / m)) / m
+        var[c] = 0.0 if v < 0 else v
 
 
 def batch_norm_apply(const floating[:, :, ::1] x, const double[::1] scale,
                      const double[::1] shift, floating[:, :, ::1] out, int num_threads):
     """out = x * scale[c] + shift[c] in double, rounded once."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], P = N * C, p, l, c
-    cdef double a, b
-    cdef const floating* xs
-    cdef floating* os
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], P = N * C, p, c
     if P == 0 or L == 0:
         return
     for p in prange(P, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=P > 1 and P * L >= PAR_MIN_WORK):
         c = p % C
-        a = scale[c]
-        b = shift[c]
-        xs = &x[0, 0, 0] + p * L
-        os = &out[0, 0, 0] + p * L
-        for l in range(L):
-            os[l] = <floating>(xs[l] * a + b)
+        bn_apply_plane(&x[0, 0, 0] + p * L, scale[c], shift[c], &out[0, 0, 0] + p * L, L)
 
 
 def batch_norm_backward_stats(const floating[:, :, ::1] grad_out,
@@ -556,12 +496,12 @@ def batch_norm_backward_stats(const floating[:, :, ::1] grad_out,
     sums). A channel whose sums are not finite gets sum(g (x - mean)) from a second
     pass, so inf and NaN give the reference's products."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, l
-    cdef double m = <double>(N * L), s, v0, v1, g0, g1
-    cdef double a0, a1, q0, q1, b0, b1, e0, e1, sx, sxx, sg, sgx, mu
+    cdef double m = <double>(N * L), e0, sx, sxx, sg, sgx, mu, v
     cdef const floating* xp
     cdef const floating* gp
     cdef const floating* xs
     cdef const floating* gs
+    cdef double* r
     if C == 0:
         return
     if N * L == 0:
@@ -569,57 +509,26 @@ def batch_norm_backward_stats(const floating[:, :, ::1] grad_out,
             mean[c] = var[c] = np.nan
             sum_g[c] = sum_gxc[c] = 0.0
         return
+    res_arr = np.zeros((C, 5))
+    cdef double[:, ::1] res = res_arr
     xp = &x[0, 0, 0]
     gp = &grad_out[0, 0, 0]
     for c in prange(C, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=C > 1 and N * C * L >= PAR_MIN_WORK):
-        s = _shift(xp[c * L])
-        a0 = 0
-        a1 = 0
-        q0 = 0
-        q1 = 0
-        b0 = 0
-        b1 = 0
-        e0 = 0
-        e1 = 0
-        mu = 0
-        for n in range(N):
-            xs = xp + (n * C + c) * L
-            gs = gp + (n * C + c) * L
-            if C > 1:
-                mu = mu + _pairwise(xs, L)
-            l = 0
-            while l + 2 <= L:
-                v0 = xs[l] - s
-                v1 = xs[l + 1] - s
-                g0 = gs[l]
-                g1 = gs[l + 1]
-                a0 = a0 + v0
-                a1 = a1 + v1
-                q0 = q0 + v0 * v0
-                q1 = q1 + v1 * v1
-                b0 = b0 + g0
-                b1 = b1 + g1
-                e0 = e0 + g0 * v0
-                e1 = e1 + g1 * v1
-                l = l + 2
-            if l < L:
-                v0 = xs[l] - s
-                g0 = gs[l]
-                a0 = a0 + v0
-                q0 = q0 + v0 * v0
-                b0 = b0 + g0
-                e0 = e0 + g0 * v0
-        sx = a0 + a1
-        sxx = q0 + q1
-        sg = b0 + b1
-        sgx = e0 + e1
+        r = &res[c, 0]
+        bn_channel_sums(xp, gp, N, C, L, c, _shift(xp[c * L]), r)
+        sx = r[1]
+        sxx = r[2]
+        sg = r[3]
+        sgx = r[4]
         if C == 1:
-            mu = _pairwise(xp, N * L)
+            mu = pairwise_sum(xp, N * L)
+        else:
+            mu = r[0]
         mu = mu / m
         mean[c] = mu
-        v0 = (sxx - sx * (sx / m)) / m
-        var[c] = 0.0 if v0 < 0 else v0
+        v = (sxx - sx * (sx / m)) / m
+        var[c] = 0.0 if v < 0 else v
         sum_g[c] = sg
         if isfinite(sx) and isfinite(sxx) and isfinite(sg) and isfinite(sgx):
             sum_gxc[c] = sgx - (sx / m) * sg
@@ -638,157 +547,36 @@ def batch_norm_backward_apply(const floating[:, :, ::1] grad_out, const floating
                               const double[::1] k, const double[::1] a, const double[::1] b,
                               floating[:, :, ::1] out, int num_threads):
     """out = k[c] ((g - a[c]) - (x - mean[c]) invstd[c] b[c]) in double, rounded once."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], P = N * C, p, l, c
-    cdef double mu, inv, kk, aa, bb
-    cdef const floating* xs
-    cdef const floating* gs
-    cdef floating* os
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], P = N * C, p, c
     if P == 0 or L == 0:
         return
     for p in prange(P, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=P > 1 and P * L >= PAR_MIN_WORK):
         c = p % C
-        mu = mean[c]
-        inv = invstd[c]
-        kk = k[c]
-        aa = a[c]
-        bb = b[c]
-        xs = &x[0, 0, 0] + p * L
-        gs = &grad_out[0, 0, 0] + p * L
-        os = &out[0, 0, 0] + p * L
-        for l in range(L):
-            os[l] = <floating>(kk * ((gs[l] - aa) - ((xs[l] - mu) * inv) * bb))
+        bn_backward_apply_plane(&grad_out[0, 0, 0] + p * L, &x[0, 0, 0] + p * L, mean[c],
+                                invstd[c], k[c], a[c], b[c], &out[0, 0, 0] + p * L, L)
 
 
 # ------------------------------------------------------------------ layer_norm
-cdef inline void _row_moments(const floating* x, Py_ssize_t n, double* mean,
-                              double* var) noexcept nogil:
-    """Mean (NumPy's pairwise sum / n, as the reference) and biased variance of a row
-    (two passes; the second reads it from cache)."""
-    cdef Py_ssize_t j = 0
-    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, mu, d0, d1, d2, d3
-    mu = _pairwise(x, n) / n
-    while j + 4 <= n:
-        d0 = x[j] - mu
-        d1 = x[j + 1] - mu
-        d2 = x[j + 2] - mu
-        d3 = x[j + 3] - mu
-        s0 = s0 + d0 * d0
-        s1 = s1 + d1 * d1
-        s2 = s2 + d2 * d2
-        s3 = s3 + d3 * d3
-        j = j + 4
-    while j < n:
-        d0 = x[j] - mu
-        s0 = s0 + d0 * d0
-        j = j + 1
-    mean[0] = mu
-    var[0] = ((s0 + s1) + (s2 + s3)) / n
-
-
-cdef void _ln_row(const floating* xr, const floating* w, const floating* b, double eps,
-                  floating* orow, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double mu, var, inv
-    _row_moments(xr, n, &mu, &var)
-    inv = 1.0 / sqrt(var + eps)
-    if w != NULL and b != NULL:
-        for j in range(n):
-            orow[j] = <floating>(((xr[j] - mu) * inv) * w[j] + b[j])
-    elif w != NULL:
-        for j in range(n):
-            orow[j] = <floating>(((xr[j] - mu) * inv) * w[j])
-    elif b != NULL:
-        for j in range(n):
-            orow[j] = <floating>(((xr[j] - mu) * inv) + b[j])
-    else:
-        for j in range(n):
-            orow[j] = <floating>((xr[j] - mu) * inv)
-
-
 def layer_norm(const floating[:, ::1] x, const floating[::1] weight, const floating[::1] bias,
                double eps, floating[:, ::1] out, int num_threads):
-    """Per row: (x - mean) / sqrt(var + eps) * weight + bias in double, rounded once."""
-    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], i, j
+    """Per row: (x - mean) / sqrt(var + eps) * weight + bias in double, rounded once
+    (one contiguous range of rows per thread)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], nchunks = 1, c
     cdef const floating* w = NULL
     cdef const floating* b = NULL
-    cdef const floating* xr
-    cdef floating* orow
-    cdef double mu, var, inv, y
     if rows == 0 or n == 0:
         return
     if weight is not None:
         w = &weight[0]
     if bias is not None:
         b = &bias[0]
-    for i in prange(rows, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=rows > 1 and rows * n >= PAR_MIN_WORK):
-        _ln_row(&x[0, 0] + i * n, w, b, eps, &out[0, 0] + i * n, n)
-
-
-cdef void _ln_backward_rows(const floating* g, const floating* x, const floating* w,
-                            double eps, floating* gx, Py_ssize_t lo, Py_ssize_t hi,
-                            Py_ssize_t n, double* colw, double* colb) noexcept nogil:
-    """layer_norm_backward of rows [lo, hi); with w, adds sum(g xhat) and sum(g) of
-    each column to colw / colb."""
-    cdef Py_ssize_t i, j
-    cdef double mu, var, inv, xh, gw, s0, s1, t0, t1, mg, mgx
-    cdef const floating* xr
-    cdef const floating* gr
-    cdef floating* orow
-    for i in range(lo, hi):
-        xr = x + i * n
-        gr = g + i * n
-        orow = gx + i * n
-        _row_moments(xr, n, &mu, &var)
-        inv = 1.0 / sqrt(var + eps)
-        s0 = s1 = t0 = t1 = 0
-        if w != NULL:
-            j = 0
-            while j + 2 <= n:
-                xh = (xr[j] - mu) * inv
-                gw = <double>gr[j] * w[j]
-                colw[j] += gr[j] * xh
-                colb[j] += gr[j]
-                s0 = s0 + gw
-                t0 = t0 + gw * xh
-                xh = (xr[j + 1] - mu) * inv
-                gw = <double>gr[j + 1] * w[j + 1]
-                colw[j + 1] += gr[j + 1] * xh
-                colb[j + 1] += gr[j + 1]
-                s1 = s1 + gw
-                t1 = t1 + gw * xh
-                j = j + 2
-            if j < n:
-                xh = (xr[j] - mu) * inv
-                gw = <double>gr[j] * w[j]
-                colw[j] += gr[j] * xh
-                colb[j] += gr[j]
-                s0 = s0 + gw
-                t0 = t0 + gw * xh
-            mg = (s0 + s1) / n
-            mgx = (t0 + t1) / n
-            for j in range(n):
-                orow[j] = <floating>(inv * ((<double>gr[j] * w[j] - mg)
-                                            - ((xr[j] - mu) * inv) * mgx))
-        else:
-            j = 0
-            while j + 2 <= n:
-                xh = (xr[j] - mu) * inv
-                s0 = s0 + gr[j]
-                t0 = t0 + gr[j] * xh
-                xh = (xr[j + 1] - mu) * inv
-                s1 = s1 + gr[j + 1]
-                t1 = t1 + gr[j + 1] * xh
-                j = j + 2
-            if j < n:
-                xh = (xr[j] - mu) * inv
-                s0 = s0 + gr[j]
-                t0 = t0 + gr[j] * xh
-            mg = (s0 + s1) / n
-            mgx = (t0 + t1) / n
-            for j in range(n):
-                orow[j] = <floating>(inv * ((gr[j] - mg) - ((xr[j] - mu) * inv) * mgx))
+    if rows * n >= PAR_MIN_WORK:
+        nchunks = max(1, min(num_threads, rows))
+    for c in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=nchunks > 1):
+        layer_norm_rows(&x[0, 0], w, b, eps, &out[0, 0], c * rows // nchunks,
+                        (c + 1) * rows // nchunks, n)
 
 
 def layer_norm_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
@@ -816,9 +604,9 @@ def layer_norm_backward(const floating[:, ::1] grad_out, const floating[:, ::1] 
     if rows:
         for c in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
                         use_threads_if=nchunks > 1):
-            _ln_backward_rows(&grad_out[0, 0], &x[0, 0], w, eps, &grad_x[0, 0],
-                              c * rows // nchunks, (c + 1) * rows // nchunks, n,
-                              pp + c * 2 * n, pp + c * 2 * n + n)
+            layer_norm_backward_rows(&grad_out[0, 0], &x[0, 0], w, eps, &grad_x[0, 0],
+                                     c * rows // nchunks, (c + 1) * rows // nchunks, n,
+                                     pp + c * 2 * n, pp + c * 2 * n + n)
     if w != NULL:
         with nogil:
             for j in range(n):

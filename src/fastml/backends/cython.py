@@ -12,8 +12,9 @@ import numpy as np
 from .._cext import _elementwise, _layers, _linear, _losses, _optim, _preprocessing, _rowwise
 from .._config import get_num_threads, limit_blas_threads
 from . import _conv
-from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, conv_output_size, dropout_scale,
-                        dropout_threshold, op)
+from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, batch_norm_affine,
+                        conv_output_size, dropout_scale, dropout_threshold, op, pool_output,
+                        update_running_stats)
 
 
 def _flat(a):
@@ -85,11 +86,6 @@ def _im2col(x, cols, geometry):
 
 def _col2im(cols, grad_x, geometry):
     _layers.col2im(cols, grad_x, geometry, min(_CONV_THREADS, get_num_threads()))
-
-
-def _pool_out(x, kernel_size, stride, padding):
-    ho, wo = conv_output_size(x.shape, kernel_size, stride, padding, (1, 1))
-    return np.empty(x.shape[:2] + (max(ho, 0), max(wo, 0)), x.dtype)
 
 
 class CythonBackend(ReferenceBackend):
@@ -194,7 +190,7 @@ class CythonBackend(ReferenceBackend):
     # ---------------------------------------------------------------- pooling
     @op("layers")
     def max_pool2d(self, x, kernel_size, stride, padding):
-        out = _pool_out(x, kernel_size, stride, padding)
+        out = pool_output(x, kernel_size, stride, padding)
         _layers.max_pool2d(x, out, tuple(kernel_size), tuple(stride), tuple(padding),
                            get_num_threads())
         return out
@@ -208,7 +204,7 @@ class CythonBackend(ReferenceBackend):
 
     @op("layers")
     def avg_pool2d(self, x, kernel_size, stride, padding):
-        out = _pool_out(x, kernel_size, stride, padding)
+        out = pool_output(x, kernel_size, stride, padding)
         _layers.avg_pool2d(x, out, tuple(kernel_size), tuple(stride), tuple(padding),
                            get_num_threads())
         return out
@@ -227,19 +223,12 @@ class CythonBackend(ReferenceBackend):
         if training:
             mean, var = np.empty(c), np.empty(c)
             _layers.batch_norm_stats(x, mean, var, get_num_threads())
-            if running_mean is not None:  # the reference's update, verbatim
-                m = x.shape[0] * x.shape[2]
-                unbiased = var * m / (m - 1)
-                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+            if running_mean is not None:
+                update_running_stats(running_mean, running_var, mean, var,
+                                     x.shape[0] * x.shape[2], momentum)
         else:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-        scale = 1 / np.sqrt(var + eps)
-        shift = -mean * scale
-        if weight is not None:
-            scale, shift = scale * weight, shift * weight
-        if bias is not None:
-            shift = shift + bias
+        scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
         out = np.empty_like(x)
         _layers.batch_norm_apply(x, _vec(scale), _vec(shift), out, get_num_threads())
         return out

@@ -25,8 +25,9 @@ from numba.core import config as _numba_config
 from .. import _config
 from . import _conv
 from . import _numba_kernels as K
-from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, _reduce, conv_output_size,
-                        dropout_scale, dropout_threshold, op)
+from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, _reduce, batch_norm_affine,
+                        conv_output_size, dropout_scale, dropout_threshold, op, pool_output,
+                        update_running_stats)
 
 PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than it saves
 
@@ -267,7 +268,7 @@ class NumbaBackend(ReferenceBackend):
     # ----------------------------------------------------------------- pooling
     @op("layers")
     def max_pool2d(self, x, kernel_size, stride, padding):
-        out = _pool_out(x, kernel_size, stride, padding)
+        out = pool_output(x, kernel_size, stride, padding)
         if out.size:
             _run(K.max_pool2d, x.size, x, *kernel_size, *stride, *padding, out)
         return out
@@ -282,7 +283,7 @@ class NumbaBackend(ReferenceBackend):
 
     @op("layers")
     def avg_pool2d(self, x, kernel_size, stride, padding):
-        out = _pool_out(x, kernel_size, stride, padding)
+        out = pool_output(x, kernel_size, stride, padding)
         if out.size:
             _run(K.avg_pool2d, x.size, x, *kernel_size, *stride, *padding, out)
         return out
@@ -301,13 +302,8 @@ class NumbaBackend(ReferenceBackend):
         c = x.shape[1]
         out = np.empty_like(x)
         if not training:
-            mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-            scale = 1 / np.sqrt(var + eps)  # (C,) in float64, as the reference
-            shift = -mean * scale
-            if weight is not None:
-                scale, shift = scale * weight, shift * weight
-            if bias is not None:
-                shift = shift + bias
+            scale, shift = batch_norm_affine(running_mean.astype(np.float64),
+                                             running_var.astype(np.float64), weight, bias, eps)
             if out.size:
                 _run(K.batch_norm_apply, x.size, x, scale, shift, out)
             return out
@@ -318,11 +314,8 @@ class NumbaBackend(ReferenceBackend):
                  dummy if bias is None else bias, weight is not None, bias is not None,
                  float(eps), mean, var, out)
         if running_mean is not None:
-            # The reference's expressions on (C,) vectors, rounding included.
-            m = x.shape[0] * x.shape[2]
-            unbiased = var * m / (m - 1)
-            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-            running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+            update_running_stats(running_mean, running_var, mean, var,
+                                 x.shape[0] * x.shape[2], momentum)
         return out
 
     @op("layers")
@@ -706,11 +699,6 @@ class NumbaBackend(ReferenceBackend):
         else:
             _run(K.encode_sorted, values.size, values, cats, m, nan_code, out)
         return out
-
-
-def _pool_out(x, kernel, stride, padding):
-    ho, wo = conv_output_size(x.shape, kernel, stride, padding, (1, 1))
-    return np.empty(x.shape[:2] + (ho, wo), x.dtype)
 
 
 def _im2col(x, cols, geometry):

@@ -78,6 +78,12 @@ def conv_output_size(x_shape, kernel, stride, padding, dilation):
                  // stride[a] + 1 for a in (0, 1))
 
 
+def pool_output(x, kernel, stride, padding):
+    """An uninitialized (N, C, Ho, Wo) array for a pooling of x, in x's dtype."""
+    return np.empty(x.shape[:2] + conv_output_size(x.shape, kernel, stride, padding, (1, 1)),
+                    x.dtype)
+
+
 def _windows(x, kernel, stride, padding, dilation, out_hw, fill=0):
     """Read-only view (N, C, kh, kw, Ho, Wo) of x zero-padded (or ``fill``-padded):
     ``[n, c, i, j, oh, ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]``."""

@@ -13,7 +13,7 @@ from .._cext import _elementwise, _layers, _linear, _losses, _optim, _preprocess
 from .._config import get_num_threads, limit_blas_threads
 from . import _conv
 from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, batch_norm_affine,
-                        conv_output_size, dropout_scale, dropout_threshold, op, pool_output,
+                        dropout_scale, dropout_threshold, op, pool_output,
                         update_running_stats)
 
 

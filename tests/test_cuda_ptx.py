@@ -23,7 +23,7 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 # k / k2 the unsigned integer of the dtype's width (uint32 / uint64): scalar / 2-D array;
 # u / u1 uint64 scalar / 1-D array (label keys); v1 1-D labels, as the label ops'
 # property tests draw them: int64 in the float32 run, float64 in the float64 run;
-# r the tuple of the dtype of a backward op's root polynomial (numba_cuda._root_poly);
+# r the tuple of the dtype of a backward op's root polynomial (_activation_roots.root_poly);
 # f3/f4 3-D / 4-D arrays of the dtype, i4 a 4-D int64 array, m1 a 1-D bool array (dropout
 # masks), D a float64 scalar.
 UNARY = ("f1", "f1", "s")
@@ -118,7 +118,7 @@ KERNELS = {
 
 def _signature(kinds, dtype):
     from numba import types
-    from fastml.backends.numba_cuda import _ROOT_DEGREE
+    from fastml.backends._activation_roots import _ROOT_DEGREE
     f = types.float32 if dtype == "float32" else types.float64
     u = types.uint32 if dtype == "float32" else types.uint64
     table = {

@@ -24,6 +24,7 @@ from numba.core import config as _numba_config
 
 from .. import _config
 from . import _conv
+from ._activation_roots import root_poly, zero_tail
 from . import _numba_kernels as K
 from .reference import (BCE_EPS, ReferenceBackend, _grad_scale, _reduce, batch_norm_affine,
                         conv_output_size, dropout_scale, dropout_threshold, op, pool_output,
@@ -66,43 +67,12 @@ def _run(twin, size, *args, chunked=False, parallel_min=PARALLEL_MIN):
     return twin.serial(*args, 1) if chunked else twin.serial(*args)
 
 
-# The largest float64 x at which the reference's float64 derivative is exactly 0 (found
-# by bisection on the reference, as numba_cuda's): gelu 'none', exp(-x^2 / 2)
-# underflows; silu, exp(-x) overflows.
-_ZERO_BELOW = {"none": -38.6039692027113, "silu": -709.7827128933841}
-_ROOT_HALF_WIDTH, _ROOT_DEGREE = 0.125, 6
-
-
 @functools.cache
 def _f32_consts(key):
-    """(lo, root) of the float32 gelu ('none') / silu backward kernels: lo, the zero
-    tail's threshold rounded down to float32; root = (r_hi, r_lo, w, a0, ..., a6), the
-    degree-6 Chebyshev interpolant of the reference's float64 derivative on
-    |x - r| < w = 1/8 around its root r = r_hi + r_lo, in powers of x - r (error < 1e-10),
-    as numba_cuda's ``_root_poly``."""
-    lo = np.float32(_ZERO_BELOW[key])
-    if lo > _ZERO_BELOW[key]:
-        lo = np.nextafter(lo, np.float32(-np.inf))
-    ref = ReferenceBackend()
-
-    def deriv(x):
-        x = np.asarray(x, np.float64)
-        if key == "silu":
-            return ref.silu_backward(np.ones_like(x), x)
-        return ref.gelu_backward(np.ones_like(x), x, key)
-
-    a, b = (-1.5, -1.0) if key == "silu" else (-1.0, -0.5)  # deriv(a) < 0 < deriv(b)
-    while (mid := (a + b) / 2) not in (a, b):
-        a, b = (mid, b) if deriv(mid) < 0 else (a, mid)
-    w = _ROOT_HALF_WIDTH
-    P = np.polynomial
-    cheb = P.Chebyshev.interpolate(lambda h: deriv(a + h), _ROOT_DEGREE, domain=[-w, w])
-    coef = np.zeros(_ROOT_DEGREE + 1)
-    power = cheb.convert(kind=P.Polynomial, domain=[-w, w], window=[-w, w]).coef
-    coef[:len(power)] = power
-    r_hi = np.float32(a)
-    root = (r_hi, np.float32(a - float(r_hi)), np.float32(w), *coef.astype(np.float32))
-    return lo, tuple(np.float32(c) for c in root)
+    """(lo, root) of the float32 gelu ('none') / silu backward kernels (see
+    ``_activation_roots``): the zero tail's threshold and the near-root polynomial."""
+    f32 = np.dtype(np.float32)
+    return zero_tail(f32, key)[0], root_poly(key, f32)
 
 
 def _map(twin, first, *rest):

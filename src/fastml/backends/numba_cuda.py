@@ -37,6 +37,7 @@ import functools
 import numpy as np
 
 from .._validate import is_device_array
+from ._activation_roots import root_poly, zero_tail
 from .reference import (_GELU_KAPPA, _GOLDEN, _INV_SQRT_2PI, _MIX1, _MIX2, _SQRT_2_OVER_PI,
                         _SQRT_HALF, BCE_EPS, ReferenceBackend, _grad_scale, conv_output_size,
                         dropout_scale, dropout_threshold)
@@ -208,61 +209,6 @@ def _map(kernel, consts, *arrays, extra=()):
         _launch_1d(kernel, out.size, *[_flat(io.put(a)) for a in arrays], _flat(out),
                    *_consts(arrays[0].dtype, *consts), *extra)
     return io.get(out)
-
-
-# The largest float64 x at which the reference's float64 derivative of a backward op is
-# exactly 0 (found by bisection on the reference; the zeros are a left tail): gelu 'none',
-# exp(-x^2 / 2) underflows; 'tanh', tanh(u(x)) rounds to -1; silu, exp(-x) overflows.
-_ZERO_BELOW = {"none": -38.6039692027113, "tanh": -7.188805449078429,
-               "silu": -709.7827128933841}
-
-
-def _zero_tail(dtype, key):
-    """(lo, tiny) of ``_as_reference`` in dtype: the threshold rounded down (so x <= lo
-    still means the reference's zero tail) and the smallest subnormal."""
-    lo = _ZERO_BELOW[key]
-    t = dtype.type(lo)
-    if t > lo:
-        t = np.nextafter(t, dtype.type(-np.inf))
-    return t, np.finfo(dtype).smallest_subnormal
-
-
-_ROOT_HALF_WIDTH, _ROOT_DEGREE = 0.125, 6
-
-
-@functools.cache
-def _root_poly(key, dtype):
-    """``root`` of ``_near_root``, (r_hi, r_lo, w, a0, ..., a6) in dtype, for gelu_backward
-    (key: its ``approximate``) or silu_backward (key 'silu').
-
-    Near the derivative's root r (gelu: x ~ -0.75, silu: x ~ -1.28) it is the difference of
-    two rounded terms, in float32 off by more than the tolerance allows once grad_out is
-    large. There, |x - r| < w = 1/8, float32 evaluates the degree-6 Chebyshev interpolant
-    of the reference's own float64 derivative (in powers of x - r; error < 1e-10);
-    r = r_hi + r_lo. float64 needs none: its w is 0.
-    """
-    n = _ROOT_DEGREE + 1
-    if dtype != np.float32:
-        return (dtype.type(0),) * (3 + n)
-    ref = ReferenceBackend()
-
-    def deriv(x):
-        x = np.asarray(x, np.float64)
-        if key == "silu":
-            return ref.silu_backward(np.ones_like(x), x)
-        return ref.gelu_backward(np.ones_like(x), x, key)
-
-    lo, hi = (-1.5, -1.0) if key == "silu" else (-1.0, -0.5)  # deriv(lo) < 0 < deriv(hi)
-    while (mid := (lo + hi) / 2) not in (lo, hi):
-        lo, hi = (mid, hi) if deriv(mid) < 0 else (lo, mid)
-    w = _ROOT_HALF_WIDTH
-    P = np.polynomial
-    cheb = P.Chebyshev.interpolate(lambda h: deriv(lo + h), _ROOT_DEGREE, domain=[-w, w])
-    coef = np.zeros(n)
-    power = cheb.convert(kind=P.Polynomial, domain=[-w, w], window=[-w, w]).coef
-    coef[:len(power)] = power
-    r_hi = np.float32(lo)
-    return (r_hi, np.float32(lo - float(r_hi)), np.float32(w), *coef.astype(np.float32))
 
 
 def _softmax(x, log):
@@ -486,8 +432,8 @@ class CudaBackend(ReferenceBackend):
 
     # gelu / silu compute in the input's dtype (float32 stays float32), not in float64
     # as the reference does; the forms avoid cancellation, the backward ops keep the
-    # reference's zeros (_zero_tail) and take a polynomial near the derivative's root
-    # (_root_poly); see _cuda_kernels.
+    # reference's zeros (zero_tail) and take a polynomial near the derivative's root
+    # (root_poly); see _cuda_kernels.
     def gelu(self, x, approximate):
         if approximate == "tanh":
             return _map(_k().gelu_tanh, (1, _GELU_KAPPA, 2 * _SQRT_2_OVER_PI), x)
@@ -499,15 +445,15 @@ class CudaBackend(ReferenceBackend):
                                                        3 * _GELU_KAPPA)
         else:
             kernel, consts = _k().gelu_erf_backward, (0.5, _SQRT_HALF, _INV_SQRT_2PI)
-        return _map(kernel, (*consts, *_zero_tail(x.dtype, approximate)), grad_out, x,
-                    extra=(_root_poly(approximate, x.dtype),))
+        return _map(kernel, (*consts, *zero_tail(x.dtype, approximate)), grad_out, x,
+                    extra=(root_poly(approximate, x.dtype),))
 
     def silu(self, x):
         return _map(_k().silu, 1, x)
 
     def silu_backward(self, grad_out, x):
-        return _map(_k().silu_backward, (1, *_zero_tail(x.dtype, "silu")), grad_out, x,
-                    extra=(_root_poly("silu", x.dtype),))
+        return _map(_k().silu_backward, (1, *zero_tail(x.dtype, "silu")), grad_out, x,
+                    extra=(root_poly("silu", x.dtype),))
 
     def sigmoid(self, x):
         return _map(_k().sigmoid, 1, x)

@@ -10,24 +10,14 @@ import fastml
 from fastml import nn
 
 from gradcheck import numeric_grad
-from native import CPU_BACKENDS, require_native
+from native import backend_fixture, reference_by_default  # noqa: F401 (autouse fixture)
 
 USED_OPS = tuple(f"layers.{op}{suffix}" for op in (
     "conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm", "dropout", "embedding",
     "sigmoid", "tanh", "softmax", "log_softmax", "linear", "relu") for suffix in ("", "_backward"))
 
 
-@pytest.fixture(autouse=True)
-def _reference_by_default():
-    with fastml.use_backend("numpy"):
-        yield
-
-
-@pytest.fixture(params=CPU_BACKENDS)
-def backend(request):
-    """Each CPU backend whose kernels for USED_OPS exist."""
-    with fastml.use_backend(require_native(request.param, USED_OPS)):
-        yield request.param
+backend = backend_fixture(USED_OPS)
 
 
 def _distinct(rng, shape):

@@ -13,7 +13,7 @@ import fastml
 from fastml import layers, losses, nn, optim
 
 from gradcheck import numeric_grad
-from native import CPU_BACKENDS, require_native
+from native import backend_fixture, reference_by_default  # noqa: F401 (autouse fixture)
 
 # What modules and optimizers run; a backend's own kernels are tested in test_ops.py.
 USED_OPS = ("layers.linear", "layers.linear_backward", "layers.relu", "layers.relu_backward",
@@ -21,18 +21,7 @@ USED_OPS = ("layers.linear", "layers.linear_backward", "layers.relu", "layers.re
             "optim.adam_step", "optim.rmsprop_step", "optim.adagrad_step")
 
 
-@pytest.fixture(autouse=True)
-def _reference_by_default():
-    """Tests that do not ask for ``backend`` run on the reference."""
-    with fastml.use_backend("numpy"):
-        yield
-
-
-@pytest.fixture(params=CPU_BACKENDS)
-def backend(request):
-    """Each CPU backend whose kernels for USED_OPS exist."""
-    with fastml.use_backend(require_native(request.param, USED_OPS)):
-        yield request.param
+backend = backend_fixture(USED_OPS)
 
 
 def _mlp(seed=0, dtype=np.float32, sizes=(5, 7, 3)):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import fastml
 from fastml.backends.reference import ReferenceBackend
 
-from fastml import losses
+from fastml import layers, losses
 from fastml._compat import simulator_enabled
 
 from optable import ROWS, ROW_BY_OP, accelerated_backends
@@ -139,3 +139,19 @@ def test_bce_with_logits_far_negative_logits(backend):
             actual = fn(x, t, reduction="none")
         rtol, atol = ROW_BY_OP[f"losses.{fn.__name__}"].tolerance(np.float32, 1)
         assert_same(actual, expected, rtol, atol, f"{fn.__name__}[{backend}]")
+
+
+@pytest.mark.parametrize("backend", accelerated_backends())
+def test_gelu_tanh_backward_left_tail(backend):
+    """Left of x ~ -5 the tanh approximation's 1 + tanh(u) cancels; a few-ulp float32
+    path once turned the reference's tiny nonzero derivative into 0, so an infinite
+    grad_out gave NaN instead of -inf (found by hypothesis at x = -7.125). (A huge finite
+    grad_out is no test: there the reference's own 1 + tanh(u) has two correct digits.)"""
+    x = np.linspace(-7.18, -4.0, 257).astype(np.float32)
+    for g in (np.full_like(x, np.inf), np.full_like(x, -100.0)):
+        with fastml.use_backend("numpy"):
+            expected = layers.gelu_backward(g, x, "tanh")
+        with fastml.use_backend(backend):
+            actual = layers.gelu_backward(g, x, "tanh")
+        rtol, atol = ROW_BY_OP["layers.gelu_backward"].tolerance(np.float32, 1)
+        assert_same(actual, expected, rtol, atol, f"gelu_backward tanh[{backend}]")

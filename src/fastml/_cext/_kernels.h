@@ -275,10 +275,10 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
 #define FM_INV_SQRT_2PI 0.3989422804014327     /* 1 / sqrt(2 pi) */
 #define FM_GELU_KAPPA 0.044715
 
-/* tanh(sqrt(2/pi) * (x + kappa * x**3)), of the tanh approximation. libm_tanh (float64
- * data): libm's tanh, within an ulp of the reference's, as 1 - t*t of the derivative
- * cancels near |t| = 1 and fm_tanh_f64's few ulps there would be near float64's
- * tolerance; float32 data rounds that away and takes the vectorizing fm_tanh_f64. */
+/* tanh(sqrt(2/pi) * (x + kappa * x**3)), of the tanh approximation. libm_tanh: libm's
+ * tanh, within an ulp of the reference's, as 1 + t and 1 - t*t cancel near |t| = 1 and
+ * fm_tanh_f64's few ulps there matter (the derivative always; float64 data's forward);
+ * float32 data's forward rounds that away and takes the vectorizing fm_tanh_f64. */
 static inline double fm_gelu_tanh_t(double x, int libm_tanh) {
     double u = FM_SQRT_2_OVER_PI * (x + FM_GELU_KAPPA * (x * x * x));
     return libm_tanh ? tanh(u) : fm_tanh_f64(u);

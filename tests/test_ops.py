@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 import fastml
 from fastml.backends.reference import ReferenceBackend
@@ -155,3 +156,54 @@ def test_gelu_tanh_backward_left_tail(backend):
             actual = layers.gelu_backward(g, x, "tanh")
         rtol, atol = ROW_BY_OP["layers.gelu_backward"].tolerance(np.float32, 1)
         assert_same(actual, expected, rtol, atol, f"gelu_backward tanh[{backend}]")
+
+
+@pytest.mark.parametrize("backend", accelerated_backends())
+@pytest.mark.parametrize("n", [5, 15, 200, 600])
+def test_norm_backward_infinite_grad_on_constant_rows(backend, n):
+    """A constant row's (or channel's) mean is its value only up to rounding, so xhat is
+    0 or a tiny +-number depending on the summation order; an infinite grad_out turns that
+    into NaN or +-inf. The backends must give the reference's (NumPy's pairwise mean) bit
+    for bit there (found by hypothesis: cuda's tree-summed mean gave +inf for -inf)."""
+    values = 3.1444977 + 0.37 * np.arange(32)
+    # the rows discriminate: NumPy's mean differs from the value in some rows
+    assert (np.full((32, n), values[:, None]).mean(axis=1) != values).sum() >= 2
+    rows = np.repeat(values[:, None], n, axis=1)
+    grad = np.full_like(rows, np.inf)
+    channels = rows[None].copy()  # (1, 32, n): channel c constant
+    cases = [("layer_norm_backward", (grad, rows, (n,), np.zeros(n), 1e-5)),
+             ("layer_norm_backward", (-grad, rows, (n,), None, 1e-5)),
+             ("batch_norm_backward", (np.full_like(channels, np.inf), channels,
+                                      np.zeros(32), 1e-5)),
+             ("batch_norm_backward", (np.full((n, 1, 1), np.inf), rows[2].reshape(n, 1, 1),
+                                      np.zeros(1), 1e-5))]
+    for op, args in cases:
+        with fastml.use_backend("numpy"):
+            expected = getattr(layers, op)(*args)
+        with fastml.use_backend(backend):
+            actual = getattr(layers, op)(*args)
+        assert_same(actual, expected, 0, 0, f"{op}[{backend}]")
+
+
+@pytest.mark.skipif("cuda" not in accelerated_backends(), reason="no cuda backend here")
+def test_cuda_pairwise_sum_is_numpys():
+    """The cuda kernels' one-thread NumPy pairwise sum (the reference's means, see the
+    test above) equals np.add.reduce bit for bit, across its block sizes and recursion."""
+    from fastml.backends._cuda_kernels import _row_pairwise_sum
+
+    @cuda.jit
+    def row_sums(x, lengths, out):
+        r = cuda.grid(1)
+        if r < x.shape[0]:
+            out[r] = _row_pairwise_sum(x, r, 0, 0, lengths[r])
+
+    lengths = np.array([0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 511, 512, 513, 1000,
+                        1031, 2048, 4099])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((lengths.size, lengths.max())) * 10.0 ** rng.uniform(-3, 3)
+    out = np.zeros(lengths.size)
+    row_sums[1, 32](x, lengths, out)
+    expected = np.array([np.add.reduce(x[r, :n]) for r, n in enumerate(lengths)])
+    # the naive sum differs: the test can tell the orders apart
+    assert not np.array_equal(expected, [sum(x[r, :n], 0.0) for r, n in enumerate(lengths)])
+    np.testing.assert_array_equal(out, expected)

@@ -161,6 +161,80 @@ def _block_sum(sh, v):
     return total
 
 
+def _make_pairwise_sum(item):
+    """A device function ``(x, c, L, off, n)``: NumPy's pairwise sum (``np.add.reduce``
+    of a contiguous float64 run, bit for bit) of ``item(x, c, L, e)`` for e in
+    [off, off + n), by one thread. NumPy's recursion (n <= 128: eight accumulators,
+    else the halves, the first rounded down to a multiple of 8) runs on an explicit
+    stack: its depth is at most log2(n / 128) + 1 < 64."""
+    @cuda.jit(device=True)
+    def block(x, c, L, off, n):
+        if n < 8:
+            res = 0.0
+            for e in range(off, off + n):
+                res += item(x, c, L, e)
+            return res
+        r = cuda.local.array(8, float64)
+        for k in range(8):
+            r[k] = item(x, c, L, off + k)
+        end = off + n - n % 8
+        for i in range(off + 8, end, 8):
+            for k in range(8):
+                r[k] += item(x, c, L, i + k)
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for e in range(end, off + n):
+            res += item(x, c, L, e)
+        return res
+
+    @cuda.jit(device=True)
+    def pairwise_sum(x, c, L, off, n):
+        if n <= 128:
+            return block(x, c, L, off, n)
+        s_off = cuda.local.array(64, int64)
+        s_n = cuda.local.array(64, int64)
+        s_state = cuda.local.array(64, int64)  # 0: left next, 1: right next, 2: combine
+        vals = cuda.local.array(64, float64)
+        sp = 1
+        vp = 0
+        s_off[0], s_n[0], s_state[0] = off, n, 0
+        while sp > 0:
+            o, m, state = s_off[sp - 1], s_n[sp - 1], s_state[sp - 1]
+            half = m // 2
+            half -= half % 8
+            if m <= 128:
+                vals[vp] = block(x, c, L, o, m)
+                vp += 1
+                sp -= 1
+            elif state == 2:
+                vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
+                vp -= 1
+                sp -= 1
+            else:
+                s_state[sp - 1] = state + 1
+                s_off[sp] = o if state == 0 else o + half
+                s_n[sp] = half if state == 0 else m - half
+                s_state[sp] = 0
+                sp += 1
+        return vals[0]
+    return pairwise_sum
+
+
+@cuda.jit(device=True)
+def _row_item(x, r, L, e):
+    return float64(x[r, e])
+
+
+@cuda.jit(device=True)
+def _channel_item(x, c, L, e):
+    """Element e of channel c of x (N, C, L), in (n, l) order."""
+    n = e // L
+    return float64(x[n, c, e - n * L])
+
+
+_row_pairwise_sum = _make_pairwise_sum(_row_item)
+_channel_pairwise_sum = _make_pairwise_sum(_channel_item)
+
+
 @cuda.jit(device=True)
 def _block_max(sh, v):
     """NaN-propagating max of ``v`` over the block, returned to every thread."""
@@ -1791,10 +1865,50 @@ def avg_pool2d_backward_gather(grad_out, out, kh, kw, sh, sw, ph, pw):
 # Statistics in float64 for both dtypes, two passes (mean, then squared deviations),
 # as the reference's ``_channel_stats`` / layer_norm: one block per channel (batch_norm)
 # or row (layer_norm), grid-stride, shared-memory tree sums.
+@cuda.jit(device=True)
+def _bn_deviation_sums(sh, x, g, has_g, c, mean):
+    """Over channel c of x (N, C, L), block-summed: sum((x - mean)**2) and, when
+    ``has_g``, sum(g) and sum(g (x - mean))."""
+    N, C, L = x.shape
+    acc = 0.0
+    sg = 0.0
+    sgd = 0.0
+    for e in range(cuda.threadIdx.x, N * L, cuda.blockDim.x):
+        n = e // L
+        d = float64(x[n, c, e - n * L]) - mean
+        acc += d * d
+        if has_g:
+            gv = float64(g[n, c, e - n * L])
+            sg += gv
+            sgd += gv * d
+    acc = _block_sum(sh, acc)
+    if has_g:
+        sg = _block_sum(sh, sg)
+        sgd = _block_sum(sh, sgd)
+    return acc, sg, sgd
+
+
+@cuda.jit(device=True)
+def _broadcast(sh, v):
+    """Thread 0's ``v``, returned to every thread."""
+    if cuda.threadIdx.x == 0:
+        sh[0] = v
+    cuda.syncthreads()
+    v = sh[0]
+    cuda.syncthreads()
+    return v
+
+
 @cuda.jit
 def bn_stats(x, g, has_g, stats):
     """stats (4, C) float64 per channel of x (N, C, L): mean, biased variance (two passes)
-    and, when ``has_g`` (g like x), sum(g) and sum(g (x - mean))."""
+    and, when ``has_g`` (g like x), sum(g) and sum(g (x - mean)).
+
+    Where the g sums are not finite while x's statistics are, an infinite g times x - mean
+    makes the result, so the tree-summed mean is replaced by the reference's to the last
+    bit (NumPy's order: C == 1 one pairwise sum, else the segments' pairwise sums in
+    order), by one thread, and the second pass redone: inf * 0 = NaN, inf * tiny = +-inf
+    exactly where the reference has them."""
     sh = cuda.shared.array(MAX_TPB, float64)
     t = cuda.threadIdx.x
     N, C, L = x.shape
@@ -1805,24 +1919,21 @@ def bn_stats(x, g, has_g, stats):
             n = e // L
             acc += float64(x[n, c, e - n * L])
         mean = _block_sum(sh, acc) / float64(m)
-        acc = 0.0
-        sg = 0.0
-        sgd = 0.0
-        for e in range(t, m, cuda.blockDim.x):
-            n = e // L
-            d = float64(x[n, c, e - n * L]) - mean
-            acc += d * d
-            if has_g:
-                gv = float64(g[n, c, e - n * L])
-                sg += gv
-                sgd += gv * d
-        var = _block_sum(sh, acc) / float64(m)
-        if has_g:
-            sg = _block_sum(sh, sg)
-            sgd = _block_sum(sh, sgd)
+        ssd, sg, sgd = _bn_deviation_sums(sh, x, g, has_g, c, mean)
+        if (has_g and not (math.isfinite(sg) and math.isfinite(sgd))
+                and math.isfinite(mean) and math.isfinite(ssd)):  # block-uniform
+            total = 0.0
+            if t == 0:
+                if C == 1:
+                    total = _channel_pairwise_sum(x, 0, L, 0, m)
+                else:
+                    for n in range(N):
+                        total += _channel_pairwise_sum(x, c, L, n * L, L)
+            mean = _broadcast(sh, total) / float64(m)
+            ssd, sg, sgd = _bn_deviation_sums(sh, x, g, has_g, c, mean)
         if t == 0:
             stats[0, c] = mean
-            stats[1, c] = var
+            stats[1, c] = ssd / float64(m)
             stats[2, c] = sg
             stats[3, c] = sgd
 
@@ -1933,11 +2044,31 @@ def layer_norm_rows(x, weight, bias, has_w, has_b, eps, out):
             out[r, j] = y
 
 
+@cuda.jit(device=True)
+def _ln_deviation_sums(sh, g, x, weight, has_w, r, mean):
+    """Over row r, block-summed: sum((x - mean)**2), sum(gw), sum(gw (x - mean)) with
+    gw = g (* weight)."""
+    acc = 0.0
+    sg = 0.0
+    sgd = 0.0
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+        d = float64(x[r, j]) - mean
+        acc += d * d
+        gw = float64(g[r, j])
+        if has_w:
+            gw = gw * float64(weight[j])
+        sg += gw
+        sgd += gw * d
+    return _block_sum(sh, acc), _block_sum(sh, sg), _block_sum(sh, sgd)
+
+
 @cuda.jit
 def layer_norm_backward_rows(g, x, weight, has_w, eps, out, rowstats):
     """One block per row: float64 mean, invstd = 1 / sqrt(var + eps), gw = g (* weight),
     grad_x = invstd (gw - mean(gw) - xhat mean(gw xhat)), rounded once; rowstats (2, rows)
-    gets (mean, invstd) for the column sums of grad_weight."""
+    gets (mean, invstd) for the column sums of grad_weight. A row whose gw sums are not
+    finite while x's statistics are gets the reference's mean to the last bit (NumPy's
+    pairwise sum, one thread), as ``bn_stats``."""
     sh = cuda.shared.array(MAX_TPB, float64)
     t = cuda.threadIdx.x
     rows, n = x.shape
@@ -1947,20 +2078,17 @@ def layer_norm_backward_rows(g, x, weight, has_w, eps, out, rowstats):
         for j in range(t, n, cuda.blockDim.x):
             acc += float64(x[r, j])
         mean = _block_sum(sh, acc) / fn
-        acc = 0.0
-        sg = 0.0
-        sgd = 0.0
-        for j in range(t, n, cuda.blockDim.x):
-            d = float64(x[r, j]) - mean
-            acc += d * d
-            gw = float64(g[r, j])
-            if has_w:
-                gw = gw * float64(weight[j])
-            sg += gw
-            sgd += gw * d
-        invstd = 1.0 / _sqrt(_block_sum(sh, acc) / fn + eps)
-        mg = _block_sum(sh, sg) / fn
-        mgx = _block_sum(sh, sgd) * invstd / fn
+        ssd, sg, sgd = _ln_deviation_sums(sh, g, x, weight, has_w, r, mean)
+        if (not (math.isfinite(sg) and math.isfinite(sgd))
+                and math.isfinite(mean) and math.isfinite(ssd)):  # block-uniform
+            total = 0.0
+            if t == 0:
+                total = _row_pairwise_sum(x, r, n, 0, n)
+            mean = _broadcast(sh, total) / fn
+            ssd, sg, sgd = _ln_deviation_sums(sh, g, x, weight, has_w, r, mean)
+        invstd = 1.0 / _sqrt(ssd / fn + eps)
+        mg = sg / fn
+        mgx = sgd * invstd / fn
         for j in range(t, n, cuda.blockDim.x):
             xhat = (float64(x[r, j]) - mean) * invstd
             gw = float64(g[r, j])

@@ -908,6 +908,8 @@ ROWS = [
                                                             _torch().from_numpy(d["target"]))),
     Row("losses.cross_entropy_grad", lambda d: losses.cross_entropy_grad(**d), ce_inputs,
         reduces=True, bench=_ce_bench, large=_ce_large, peer=_peer_ce),
+    Row("losses.cross_entropy_and_grad", lambda d: losses.cross_entropy_and_grad(**d),
+        ce_inputs, reduces=True, bench=_ce_bench, large=_ce_large, peer=_peer_ce),
     Row("losses.binary_cross_entropy", lambda d: losses.binary_cross_entropy(**d), bce_inputs,
         reduces=True, bench=_bce_bench, peer=_peer_loss("binary_cross_entropy"),
         finite=("input",)),

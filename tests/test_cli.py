@@ -75,7 +75,7 @@ def test_demo_cnn_reaches_accuracy_on_every_cpu_backend():
 
 def test_demo_cnn_command():
     out = _cli("demo", "--model", "cnn", "--backends", "numpy", "--epochs", "1")
-    assert "CNN" in out and "/11" in out
+    assert "CNN" in out and f"/{len(_demo.MODEL_OPS['cnn'])}" in out
 
 
 def test_demo_is_reproducible_from_seed():

@@ -202,6 +202,8 @@ BAD_CALLS = [
      (x32, np.zeros(3, np.int64))),
     (ValueError, r"'weight' expected shape \(C,\)", losses.cross_entropy,
      (x32, np.zeros(4, np.int64), np.ones(4, f32))),
+    (ValueError, r"cross_entropy_and_grad: .*'target' expected shape",
+     losses.cross_entropy_and_grad, (x32, np.zeros(3, np.int64))),
     (ValueError, "label_smoothing", lambda x, t: losses.cross_entropy(x, t, label_smoothing=1.5),
      (x32, np.zeros(4, np.int64))),
     (ValueError, r"binary_cross_entropy: argument 'input' must hold probabilities in \[0, 1\], "
@@ -301,6 +303,8 @@ def test_zero_size_batches(backend):
         assert np.isnan(losses.mse_loss(np.ones(0, f32), np.ones(0, f32)))
         assert np.isnan(losses.cross_entropy(np.ones((0, 4), f32), np.zeros(0, np.int64)))
         assert losses.cross_entropy_grad(np.ones((0, 4), f32), np.zeros(0, np.int64)).shape == (0, 4)
+        loss, grad = losses.cross_entropy_and_grad(np.ones((0, 4), f32), np.zeros(0, np.int64))
+        assert np.isnan(loss) and grad.shape == (0, 4)
         assert np.isnan(losses.nll_loss(np.ones((0, 4), f32), np.zeros(0, np.int64)))
         assert losses.nll_loss_grad(np.ones((0, 4), f32), np.zeros(0, np.int64)).shape == (0, 4)
         empty = np.ones((0, 3), f64)

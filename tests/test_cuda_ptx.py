@@ -49,6 +49,8 @@ KERNELS = {
     "cross_entropy_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "f1", "s", "s", "s"),
     "cross_entropy_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f2",
                                 "s", "s", "s"),
+    "cross_entropy_loss_grad_rows": ("f2", "i1", "f1", "i", "s", "s", "s", "b", "s", "f1",
+                                     "f2", "s", "s", "s"),
     "bce_error": ("f1", "f1", "f1", "b", "s", "s", "f1"),
     "bce_grad": ("f1", "f1", "f1", "b", "s", "s", "s", "f1"),
     "bce_logits_error": ("f1",) * 4 + ("b", "b", "s", "s", "f1"),

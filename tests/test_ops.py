@@ -208,3 +208,17 @@ def test_cuda_pairwise_sum_is_numpys():
     # the naive sum differs: the test can tell the orders apart
     assert not np.array_equal(expected, [sum(x[r, :n], 0.0) for r, n in enumerate(lengths)])
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + accelerated_backends())
+def test_cross_entropy_and_grad_is_the_two_calls(backend):
+    """The fused call returns exactly what the two separate calls do (docs/api.md)."""
+    @settings(max_examples=EXAMPLES.get(backend, 25))
+    @given(args=ROW_BY_OP["losses.cross_entropy_and_grad"].inputs(np.float32))
+    def check(args):
+        with fastml.use_backend(backend):
+            loss, grad = losses.cross_entropy_and_grad(**args)
+            assert_same((loss, grad), (losses.cross_entropy(**args),
+                                       losses.cross_entropy_grad(**args)), 0, 0, backend)
+
+    check()

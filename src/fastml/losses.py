@@ -17,7 +17,7 @@ from ._config import instance as _backend
 __all__ = ["mse_loss", "mse_loss_grad", "l1_loss", "l1_loss_grad", "huber_loss",
            "huber_loss_grad", "binary_cross_entropy", "binary_cross_entropy_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
-           "cross_entropy", "cross_entropy_grad", "nll_loss", "nll_loss_grad",
+           "cross_entropy", "cross_entropy_grad", "cross_entropy_and_grad", "nll_loss", "nll_loss_grad",
            "kl_div", "kl_div_grad"]
 
 
@@ -242,6 +242,23 @@ def cross_entropy_grad(input, target, weight=None, ignore_index=-100, reduction=
     args = _ce_args("cross_entropy_grad", input, target, weight, ignore_index, reduction,
                     label_smoothing)
     return _backend().cross_entropy_grad(*args)
+
+
+def cross_entropy_and_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
+                           label_smoothing=0.0):
+    """``(cross_entropy(...), cross_entropy_grad(...))`` from one fused pass.
+
+    What a training step needs: the loss and its gradient w.r.t. the logits, each
+    row of logits read once for its log-sum-exp, which then gives both the row's
+    loss and its gradient row (scikit-learn's ``loss_gradient``; in PyTorch, the
+    forward plus autograd's backward). Same arguments, values and errors as
+    :func:`cross_entropy`; returns ``(loss, grad)``: loss a float, or an ``(N,)``
+    array for ``reduction='none'``, and grad ``(N, C)`` of input's dtype.
+    """
+    args = _ce_args("cross_entropy_and_grad", input, target, weight, ignore_index,
+                    reduction, label_smoothing)
+    loss, grad = _backend().cross_entropy_and_grad(*args)
+    return (loss if args[4] == "none" else float(loss)), grad
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):

@@ -9,8 +9,8 @@ from :mod:`fastml.optim` updates the module in place::
 
     model = nn.Sequential(nn.Linear(64, 128, rng=rng), nn.ReLU(), nn.Linear(128, 10, rng=rng))
     opt = optim.Adam(model.parameters())
-    logits = model(x)
-    model.backward(losses.cross_entropy_grad(logits, y))
+    loss, grad = losses.cross_entropy_and_grad(model(x), y)
+    model.backward(grad)
     opt.step(model.gradients())
 """
 from __future__ import annotations

@@ -33,6 +33,12 @@ cdef extern from "_kernels.h" nogil:
                                 double a, double b, double sw, double coef, float* out)
     void fastml_ce_grad_row_f64(const double* x, const double* w, Py_ssize_t n, Py_ssize_t t,
                                 double a, double b, double sw, double coef, double* out)
+    fm_row_lse fastml_ce_loss_grad_row_f32(const float* x, const float* w, Py_ssize_t n,
+                                           Py_ssize_t t, int want_wx, double a, double b,
+                                           double sw, double coef, float* out)
+    fm_row_lse fastml_ce_loss_grad_row_f64(const double* x, const double* w, Py_ssize_t n,
+                                           Py_ssize_t t, int want_wx, double a, double b,
+                                           double sw, double coef, double* out)
 
     double fastml_bce_f32(const float* x, const float* t, const float* w, float* out,
                           Py_ssize_t n)
@@ -233,6 +239,15 @@ cdef inline void ce_grad_row(const floating* x, const floating* w, Py_ssize_t n,
         fastml_ce_grad_row_f32(x, w, n, t, a, b, sw, coef, out)
     else:
         fastml_ce_grad_row_f64(x, w, n, t, a, b, sw, coef, out)
+
+
+cdef inline fm_row_lse ce_loss_grad_row(const floating* x, const floating* w, Py_ssize_t n,
+                                        Py_ssize_t t, bint want_wx, double a, double b,
+                                        double sw, double coef, floating* out) noexcept nogil:
+    if floating is float:
+        return fastml_ce_loss_grad_row_f32(x, w, n, t, want_wx, a, b, sw, coef, out)
+    else:
+        return fastml_ce_loss_grad_row_f64(x, w, n, t, want_wx, a, b, sw, coef, out)
 
 
 cdef inline void layer_norm_rows(const floating* x, const floating* w, const floating* b,

@@ -202,18 +202,35 @@ FM_INLINE void FM_FN(fm_ce_grad_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_
                                     smooth);
 }
 
-FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
-                                                  const FM_T *FM_RESTRICT w, ptrdiff_t n,
-                                                  ptrdiff_t t, double a, double b, double sw,
-                                                  double coef, FM_T *FM_RESTRICT out) {
-    double m, log_s, wx;
-    FM_FN(fm_ce_lse)(x, w, n, 0, &m, &log_s, &wx);
+FM_INLINE void FM_FN(fm_ce_grad)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                                 ptrdiff_t n, ptrdiff_t t, double m, double log_s, double a,
+                                 double b, double sw, double coef, FM_T *FM_RESTRICT out) {
     if (b != 0)
         FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, (FM_T)b, (FM_T)sw,
                                (FM_T)coef, 1, out);
     else
         FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, 0, 0, (FM_T)coef,
                                0, out);
+}
+
+FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
+                                                  const FM_T *FM_RESTRICT w, ptrdiff_t n,
+                                                  ptrdiff_t t, double a, double b, double sw,
+                                                  double coef, FM_T *FM_RESTRICT out) {
+    double m, log_s, wx;
+    FM_FN(fm_ce_lse)(x, w, n, 0, &m, &log_s, &wx);
+    FM_FN(fm_ce_grad)(x, w, n, t, m, log_s, a, b, sw, coef, out);
+}
+
+/* The fused loss and gradient of one row: its log-sum-exp parts (returned, for the
+ * loss) and its gradient row from them. */
+FM_DISPATCH static fm_row_lse FM_FN(fastml_ce_loss_grad_row)(
+        const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w, ptrdiff_t n, ptrdiff_t t,
+        int want_wx, double a, double b, double sw, double coef, FM_T *FM_RESTRICT out) {
+    fm_row_lse r;
+    FM_FN(fm_ce_lse)(x, w, n, want_wx, &r.m, &r.log_s, &r.wx);
+    FM_FN(fm_ce_grad)(x, w, n, t, r.m, r.log_s, a, b, sw, coef, out);
+    return r;
 }
 
 /* ----------------------------------------------------- element-wise losses */

@@ -12,7 +12,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from ._kernels cimport (ce_grad_row, ce_row_lse, fastml_bce_f32, fastml_bce_f64,
+from ._kernels cimport (ce_grad_row, ce_loss_grad_row, ce_row_lse, fastml_bce_f32, fastml_bce_f64,
                        fastml_bce_grad_f32, fastml_bce_grad_f64, fastml_bce_logits_f32,
                        fastml_bce_logits_f64, fastml_bce_logits_grad_f32,
                        fastml_bce_logits_grad_f64, fastml_kl_div_f32, fastml_kl_div_f64,
@@ -144,26 +144,37 @@ def target_weight_sum(const int64_t[::1] target, const floating[::1] w, int64_t 
     return total
 
 
+cdef inline double _ce_row_loss(const floating* x, floating wt, Py_ssize_t n, Py_ssize_t t,
+                                double eps, double sw, fm_row_lse r) noexcept nogil:
+    """A row's loss from its log-sum-exp parts: -log p[t] = log_s - (x[t] - m), weighted,
+    plus the smoothing term when eps > 0."""
+    cdef double loss = (1 - eps) * wt * (r.log_s - (x[t] - r.m))
+    if eps > 0:
+        loss = loss + eps / n * (sw * r.log_s - (r.wx - sw * r.m))
+    return loss
+
+
+cdef double _sum(const floating[::1] w) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double s = 0
+    for i in range(w.shape[0]):
+        s += w[i]
+    return s
+
+
 def cross_entropy(const floating[:, ::1] x, const int64_t[::1] target, const floating[::1] w,
                   int64_t ignore_index, double eps, floating[::1] out, int num_threads):
     """Per-row losses into out (N,); returns (sum of losses, sum of kept w[target])."""
     cdef Py_ssize_t i, t, rows = x.shape[0], n = x.shape[1]
-    cdef double sw = 0, total = 0, wsum = 0, loss
-    cdef fm_row_lse r
-    cdef bint smooth = eps > 0
-    for i in range(n):
-        sw += w[i]
+    cdef double sw = _sum(w), total = 0, wsum = 0, loss
     for i in prange(rows, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=rows * n >= PAR_MIN_WORK):
         t = target[i]
         if t == ignore_index:
             out[i] = 0
             continue
-        r = ce_row_lse(&x[i, 0], &w[0], n, smooth)
-        # -log p[c] = log_s - (x[c] - m)
-        loss = (1 - eps) * w[t] * (r.log_s - (x[i, t] - r.m))
-        if smooth:
-            loss = loss + eps / n * (sw * r.log_s - (r.wx - sw * r.m))
+        loss = _ce_row_loss(&x[i, 0], w[t], n, t, eps, sw, ce_row_lse(&x[i, 0], &w[0], n,
+                                                                      eps > 0))
         out[i] = <floating>loss
         total += loss
         wsum += w[t]
@@ -175,9 +186,7 @@ def cross_entropy_grad(const floating[:, ::1] x, const int64_t[::1] target,
                        floating[:, ::1] out, int num_threads):
     """coef * d(sum of row losses)/dx into out (N, C); coef is 1/sum(w[t]) for 'mean'."""
     cdef Py_ssize_t i, t, rows = x.shape[0], n = x.shape[1]
-    cdef double sw = 0
-    for i in range(n):
-        sw += w[i]
+    cdef double sw = _sum(w)
     for i in prange(rows, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=rows * n >= PAR_MIN_WORK):
         t = target[i]
@@ -187,6 +196,32 @@ def cross_entropy_grad(const floating[:, ::1] x, const int64_t[::1] target,
         else:
             ce_grad_row(&x[i, 0], &w[0], n, t, (1 - eps) * w[t], eps / n, sw, coef,
                         &out[i, 0])
+
+
+def cross_entropy_and_grad(const floating[:, ::1] x, const int64_t[::1] target,
+                           const floating[::1] w, int64_t ignore_index, double eps,
+                           double coef, floating[::1] loss_out, floating[:, ::1] grad_out,
+                           int num_threads):
+    """cross_entropy's per-row losses into loss_out and cross_entropy_grad's rows into
+    grad_out, each row's log-sum-exp computed once; returns (sum of losses, sum of kept
+    w[target])."""
+    cdef Py_ssize_t i, t, rows = x.shape[0], n = x.shape[1]
+    cdef double sw = _sum(w), total = 0, wsum = 0, loss
+    cdef fm_row_lse r
+    for i in prange(rows, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=rows * n >= PAR_MIN_WORK):
+        t = target[i]
+        if t == ignore_index:
+            loss_out[i] = 0
+            memset(&grad_out[i, 0], 0, n * sizeof(floating))
+            continue
+        r = ce_loss_grad_row(&x[i, 0], &w[0], n, t, eps > 0, (1 - eps) * w[t], eps / n, sw,
+                             coef, &grad_out[i, 0])
+        loss = _ce_row_loss(&x[i, 0], w[t], n, t, eps, sw, r)
+        loss_out[i] = <floating>loss
+        total += loss
+        wsum += w[t]
+    return total, wsum
 
 
 # ------------------------------------------- BCE, BCE with logits, KL divergence

@@ -828,6 +828,44 @@ def softmax_backward_rows(g, y, out, log, zero):
                 out[row, j] = y[row, j] * (g[row, j] - total)
 
 
+@cuda.jit(device=True)
+def _ce_row_stats(x, w, row, smoothing, sh_m, sh_s, neg_inf, zero, one):
+    """(max, sum exp(x - max), sum w*x (only when ``smoothing``, else 0)) of ``x[row]`` in
+    one online pass, returned to every thread of the block."""
+    m, s, wx = neg_inf, zero, zero
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+        v = x[row, j]
+        m, s = _lse_push(m, s, v, one)
+        if smoothing:
+            wx += w[j] * v
+    m, s = _lse_finish(x, row, m, s, sh_m, sh_s, zero)
+    if smoothing:
+        wx = _block_sum(sh_s, wx)
+    return m, s, wx
+
+
+@cuda.jit(device=True)
+def _ce_row_loss(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing, m, log_s, wx):
+    """(1-eps) w[t] (-logp[t]) (+ eps/C sum_c w[c] (-logp[c])) from the row's statistics."""
+    out = one_m_eps * (-((x[row, t] - m) - log_s) * w[t])
+    if smoothing:
+        out = out + eps_over_c * ((m + log_s) * sum_w - wx)
+    return out
+
+
+@cuda.jit(device=True)
+def _ce_row_grad(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing, denom, m, log_s,
+                 out, one):
+    """The row's gradient (divided by ``denom``) from its statistics, into out[row]."""
+    a = one_m_eps * w[t]
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+        p = math.exp((x[row, j] - m) - log_s)
+        g = a * (p - one if j == t else p)
+        if smoothing:
+            g = g + eps_over_c * (sum_w * p - w[j])
+        out[row, j] = g / denom
+
+
 @cuda.jit
 def cross_entropy_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, sum_w, smoothing,
                        loss, neg_inf, zero, one):
@@ -840,21 +878,10 @@ def cross_entropy_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, sum_w,
             if cuda.threadIdx.x == 0:
                 loss[row] = zero
             continue
-        m, s, wx = neg_inf, zero, zero
-        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
-            v = x[row, j]
-            m, s = _lse_push(m, s, v, one)
-            if smoothing:
-                wx += w[j] * v
-        m, s = _lse_finish(x, row, m, s, sh_m, sh_s, zero)
-        if smoothing:
-            wx = _block_sum(sh_s, wx)
+        m, s, wx = _ce_row_stats(x, w, row, smoothing, sh_m, sh_s, neg_inf, zero, one)
         if cuda.threadIdx.x == 0:
-            log_s = math.log(s)
-            out = one_m_eps * (-((x[row, t] - m) - log_s) * w[t])
-            if smoothing:  # eps/C * sum_c w[c] * -logp[c]
-                out = out + eps_over_c * ((m + log_s) * sum_w - wx)
-            loss[row] = out
+            loss[row] = _ce_row_loss(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing,
+                                     m, math.log(s), wx)
 
 
 @cuda.jit
@@ -874,14 +901,32 @@ def cross_entropy_grad_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, s
                 out[row, j] = zero
             continue
         m, s = _row_lse(x, row, sh_m, sh_s, neg_inf, zero, one)
+        _ce_row_grad(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing, denom, m,
+                     math.log(s), out, one)
+
+
+@cuda.jit
+def cross_entropy_loss_grad_rows(x, target, w, ignore_index, one_m_eps, eps_over_c, sum_w,
+                                 smoothing, denom, loss, grad, neg_inf, zero, one):
+    """``cross_entropy_rows`` into loss and ``cross_entropy_grad_rows`` into grad from one
+    online pass per row."""
+    sh_m = cuda.shared.array(MAX_TPB, x.dtype)
+    sh_s = cuda.shared.array(MAX_TPB, x.dtype)
+    for row in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        t = target[row]
+        if t == ignore_index:
+            if cuda.threadIdx.x == 0:
+                loss[row] = zero
+            for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+                grad[row, j] = zero
+            continue
+        m, s, wx = _ce_row_stats(x, w, row, smoothing, sh_m, sh_s, neg_inf, zero, one)
         log_s = math.log(s)
-        a = one_m_eps * w[t]
-        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
-            p = math.exp((x[row, j] - m) - log_s)
-            g = a * (p - one if j == t else p)
-            if smoothing:
-                g = g + eps_over_c * (sum_w * p - w[j])
-            out[row, j] = g / denom
+        if cuda.threadIdx.x == 0:
+            loss[row] = _ce_row_loss(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing,
+                                     m, log_s, wx)
+        _ce_row_grad(x, w, row, t, one_m_eps, eps_over_c, sum_w, smoothing, denom, m, log_s,
+                     grad, one)
 
 
 # -------------------------------------------------------------- reductions

@@ -844,65 +844,89 @@ def _weighted_offsets(xr, w):
     return s
 
 
+@kernel
+def _ce_row_loss(xr, t, w, wsum, ls, m, s):
+    """(1-ls)*w[t]*(lse - x[t]) + ls/C*sum_c w[c]*(lse - x[c]) of one row from its online
+    log-sum-exp parts (m, s)."""
+    c = xr.size
+    log_s = np.log(s)
+    loss = (1.0 - ls) * np.float64(w[t]) * (np.float64(m - xr[t]) + log_s)
+    if ls > 0.0:
+        # sum_c w[c] * (m + log_s - x[c]) with x[c] = x[0] + (x[c] - x[0]);
+        # the row is still in L1 for this second look.
+        shift = np.float64(m) - np.float64(xr[0])
+        loss += ls / c * (wsum * (shift + log_s) - _weighted_offsets(xr, w))
+    if not np.isfinite(loss):
+        # NaN/inf logits: the exact two-pass formula, as the reference.
+        logp = np.empty_like(xr)
+        log_softmax_row(xr, logp)
+        loss = (1.0 - ls) * (-logp[t] * w[t])
+        if ls > 0.0:
+            loss -= ls / c * _dot64(logp, w)
+    return loss
+
+
+@kernel
+def _ce_row_grad(src, t, w, a, b, ws, cf, m, s, o):
+    """coef * (a*(p - onehot(t)) + b*(sum(w)*p - w)) of one row into o, from its online
+    log-sum-exp parts (m, s), in the input dtype and in the reference's order of
+    operations (so that also inf/NaN from coef = 1/0 land where the reference puts them)."""
+    f = src.dtype.type
+    inv_s = 1.0 / s
+    if not (np.isfinite(m) and np.isfinite(inv_s) and inv_s > 0.0):
+        # NaN/inf logits: exact log-probabilities into the output row,
+        # then p = exp(logp - 0) * 1 below.
+        log_softmax_row(src, o)
+        src, m, inv_s = o, f(0), 1.0
+    inv = f(inv_s)
+    pt = fexp(src[t] - m) * inv  # before src (maybe o) is overwritten
+    for j in range(src.size):
+        p = fexp(src[j] - m) * inv
+        o[j] = (a * p + b * (ws * p - w[j])) * cf
+    o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
+
+
 @twin
 def cross_entropy_rows(x, target, w, wsum, ignore_index, ls, out):
-    """Per-row loss (1-ls)*w[t]*(lse - x[t]) + ls/C*sum_c w[c]*(lse - x[c]) into out."""
-    n, c = x.shape
-    smoothing = ls > 0.0
-    for i in prange(n):
+    """Per-row loss (``_ce_row_loss``) into out, 0 for ignored rows."""
+    for i in prange(x.shape[0]):
         t = target[i]
         if t == ignore_index:
             out[i] = 0.0
             continue
-        xr = x[i]
-        wt = np.float64(w[t])
-        m, s = _online_lse(xr)
-        log_s = np.log(s)
-        loss = (1.0 - ls) * wt * (np.float64(m - xr[t]) + log_s)
-        if smoothing:
-            # sum_c w[c] * (m + log_s - x[c]) with x[c] = x[0] + (x[c] - x[0]);
-            # the row is still in L1 for this second look.
-            shift = np.float64(m) - np.float64(xr[0])
-            loss += ls / c * (wsum * (shift + log_s) - _weighted_offsets(xr, w))
-        if not np.isfinite(loss):
-            # NaN/inf logits: the exact two-pass formula, as the reference.
-            logp = np.empty_like(xr)
-            log_softmax_row(xr, logp)
-            loss = (1.0 - ls) * (-logp[t] * w[t])
-            if smoothing:
-                loss -= ls / c * _dot64(logp, w)
-        out[i] = loss
+        m, s = _online_lse(x[i])
+        out[i] = _ce_row_loss(x[i], t, w, wsum, ls, m, s)
 
 
 @twin
 def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
-    """coef * ((1-ls)*w[t]*(p - onehot(t)) + ls/C*(sum(w)*p - w)) per row into out,
-    in the input dtype and in the reference's order of operations (so that
-    also inf/NaN from coef = 1/0 land where the reference puts them)."""
-    n, c = x.shape
+    """Per-row gradient (``_ce_row_grad``) into out, exactly 0 for ignored rows."""
     f = x.dtype.type
-    b, ws, cf = f(ls / c), f(wsum), f(coef)
-    for i in prange(n):
+    b, ws, cf = f(ls / x.shape[1]), f(wsum), f(coef)
+    for i in prange(x.shape[0]):
         t = target[i]
-        o = out[i]
         if t == ignore_index:
-            o[:] = 0.0  # exactly 0, even when 'mean' divides by a zero weight sum
+            out[i, :] = 0.0  # exactly 0, even when 'mean' divides by a zero weight sum
             continue
-        src = x[i]
-        m, s = _online_lse(src)
-        inv_s = 1.0 / s
-        if not (np.isfinite(m) and np.isfinite(inv_s) and inv_s > 0.0):
-            # NaN/inf logits: exact log-probabilities into the output row,
-            # then p = exp(logp - 0) * 1 below.
-            log_softmax_row(src, o)
-            src, m, inv_s = o, f(0), 1.0
-        a = f(1.0 - ls) * w[t]
-        inv = f(inv_s)
-        pt = fexp(src[t] - m) * inv  # before src (maybe o) is overwritten
-        for j in range(c):
-            p = fexp(src[j] - m) * inv
-            o[j] = (a * p + b * (ws * p - w[j])) * cf
-        o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
+        m, s = _online_lse(x[i])
+        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, out[i])
+
+
+@twin
+def cross_entropy_loss_grad_rows(x, target, w, wsum, ignore_index, ls, coef, loss, grad):
+    """``cross_entropy_rows`` into loss and ``cross_entropy_grad_rows`` into grad, each
+    row's online log-sum-exp computed once for both."""
+    f = x.dtype.type
+    b, ws, cf = f(ls / x.shape[1]), f(wsum), f(coef)
+    for i in prange(x.shape[0]):
+        t = target[i]
+        if t == ignore_index:
+            loss[i] = 0.0
+            grad[i, :] = 0.0
+            continue
+        m, s = _online_lse(x[i])
+        loss[i] = _ce_row_loss(x[i], t, w, wsum, ls, m, s)
+        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, grad[i])
 
 
 # Element-wise losses with optional per-element weights: each op has one

@@ -335,17 +335,33 @@ class CythonBackend(ReferenceBackend):
                                             get_num_threads())
         return _class_reduced(reduction, out, total, wsum)
 
+    @staticmethod
+    def _ce_grad_coef(target, w, ignore_index, reduction):
+        """The gradient's scale: 1 / sum of the kept w[target] for 'mean', else 1."""
+        if reduction != "mean":
+            return 1.0
+        with np.errstate(divide="ignore"):
+            return float(1.0 / np.float64(_losses.target_weight_sum(target, w, ignore_index)))
+
     def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
                            label_smoothing):
         w = self._class_weight(input, weight)
-        coef = 1.0
-        if reduction == "mean":
-            with np.errstate(divide="ignore"):
-                coef = float(1.0 / np.float64(_losses.target_weight_sum(target, w, ignore_index)))
         out = np.empty_like(input)
-        _losses.cross_entropy_grad(input, target, w, ignore_index, label_smoothing, coef, out,
+        _losses.cross_entropy_grad(input, target, w, ignore_index, label_smoothing,
+                                   self._ce_grad_coef(target, w, ignore_index, reduction), out,
                                    get_num_threads())
         return out
+
+    def cross_entropy_and_grad(self, input, target, weight, ignore_index, reduction,
+                               label_smoothing):
+        w = self._class_weight(input, weight)
+        loss = np.empty(input.shape[0], input.dtype)
+        grad = np.empty_like(input)
+        total, wsum = _losses.cross_entropy_and_grad(
+            input, target, w, ignore_index, label_smoothing,
+            self._ce_grad_coef(target, w, ignore_index, reduction), loss, grad,
+            get_num_threads())
+        return _class_reduced(reduction, loss, total, wsum), grad
 
     def binary_cross_entropy(self, input, target, weight, reduction):
         if reduction == "none":

@@ -434,15 +434,29 @@ class NumbaBackend(ReferenceBackend):
              float(label_smoothing), loss)
         return _reduce(loss, reduction, count=kept)
 
+    @staticmethod
+    def _ce_grad_coef(kept, reduction):
+        """The gradient's scale: 1 / sum of the kept w[target] for 'mean', else 1."""
+        with np.errstate(divide="ignore"):
+            return float(np.float64(1.0) / kept) if reduction == "mean" else 1.0
+
     @op("losses")
     def cross_entropy_grad(self, input, target, weight, ignore_index, reduction, label_smoothing):
         w, wsum, kept = self._ce_weights(input, target, weight, ignore_index)
-        with np.errstate(divide="ignore"):
-            coef = float(np.float64(1.0) / kept) if reduction == "mean" else 1.0
         grad = np.empty_like(input)
         _run(K.cross_entropy_grad_rows, input.size, input, target, w, wsum, ignore_index,
-             float(label_smoothing), coef, grad)
+             float(label_smoothing), self._ce_grad_coef(kept, reduction), grad)
         return grad
+
+    @op("losses")
+    def cross_entropy_and_grad(self, input, target, weight, ignore_index, reduction,
+                               label_smoothing):
+        w, wsum, kept = self._ce_weights(input, target, weight, ignore_index)
+        loss = np.empty(input.shape[0], input.dtype)
+        grad = np.empty_like(input)
+        _run(K.cross_entropy_loss_grad_rows, input.size, input, target, w, wsum, ignore_index,
+             float(label_smoothing), self._ce_grad_coef(kept, reduction), loss, grad)
+        return _reduce(loss, reduction, count=kept), grad
 
     @op("losses")
     def binary_cross_entropy(self, input, target, weight, reduction):

@@ -752,16 +752,20 @@ class CudaBackend(ReferenceBackend):
     def huber_loss_grad(self, input, target, reduction, delta):
         return _map(_k().huber_grad, (_grad_scale(reduction, input.size), delta), input, target)
 
+    @staticmethod
+    def _ce_reduced(io, loss, reduction, count):
+        if reduction == "none":
+            return io.get(loss)
+        total = _sum64(loss)
+        return total if reduction == "sum" else _mean(total, 0.0 if count is None else count)
+
     def cross_entropy(self, input, target, weight, ignore_index, reduction, label_smoothing):
         io, x, t, w, scalars, count = _ce_setup(input, target, weight, ignore_index,
                                                      reduction, label_smoothing)
         loss = io.empty(input.shape[0], input.dtype)
         _launch_rows(_k().cross_entropy_rows, *input.shape, x, t, w, *scalars, loss,
                      *_consts(input.dtype, -np.inf, 0, 1))
-        if reduction == "none":
-            return io.get(loss)
-        total = _sum64(loss)
-        return total if reduction == "sum" else _mean(total, 0.0 if count is None else count)
+        return self._ce_reduced(io, loss, reduction, count)
 
     def cross_entropy_grad(self, input, target, weight, ignore_index, reduction,
                            label_smoothing):
@@ -772,6 +776,17 @@ class CudaBackend(ReferenceBackend):
         _launch_rows(_k().cross_entropy_grad_rows, *input.shape, x, t, w, *scalars,
                      input.dtype.type(denom), grad, *_consts(input.dtype, -np.inf, 0, 1))
         return io.get(grad)
+
+    def cross_entropy_and_grad(self, input, target, weight, ignore_index, reduction,
+                               label_smoothing):
+        io, x, t, w, scalars, count = _ce_setup(input, target, weight, ignore_index,
+                                                     reduction, label_smoothing)
+        loss = io.empty(input.shape[0], input.dtype)
+        grad = io.empty(input.shape, input.dtype)
+        denom = 1.0 if count is None else count
+        _launch_rows(_k().cross_entropy_loss_grad_rows, *input.shape, x, t, w, *scalars,
+                     input.dtype.type(denom), loss, grad, *_consts(input.dtype, -np.inf, 0, 1))
+        return self._ce_reduced(io, loss, reduction, count), io.get(grad)
 
     def binary_cross_entropy(self, input, target, weight, reduction):
         k = _k()

@@ -589,6 +589,13 @@ class ReferenceBackend:
         return np.where(keep[:, None], grad, 0).astype(input.dtype, copy=False)
 
     @op("losses")
+    def cross_entropy_and_grad(self, input, target, weight, ignore_index, reduction,
+                               label_smoothing):
+        """(cross_entropy, cross_entropy_grad) of the same arguments, from one call."""
+        args = (input, target, weight, ignore_index, reduction, label_smoothing)
+        return self.cross_entropy(*args), self.cross_entropy_grad(*args)
+
+    @op("losses")
     def binary_cross_entropy(self, input, target, weight, reduction):
         """input probabilities in [0, 1]; weight None or input's shape.
 

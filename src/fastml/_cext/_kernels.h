@@ -39,6 +39,7 @@
 
 #define FM_LANES 16     /* accumulators per sum: one AVX-512 vector of floats */
 #define FM_CE_BLOCK 64  /* cross-entropy: elements per block of the online log-sum-exp */
+#define FM_CE_SWEEP_MAX 8192  /* cross-entropy: longest row swept in cache (32 KB float32) */
 
 /* ------------------------------------------------------------------ scalar math */
 typedef union { float f; int32_t i; } fm_f32_bits;

@@ -150,40 +150,55 @@ FM_INLINE void FM_FN(fm_online_lse)(const FM_T *FM_RESTRICT x, const FM_T *FM_RE
 }
 
 /* Log-sum-exp parts of one row of logits: the max m, log(sum(exp(x - m))) and, when
- * want_wx, sum(w * x). Blocked online pass (each logit read once from memory); a row
- * where that is not finite (NaN / inf logits) is redone with the exact two-pass formula
- * (NaN-propagating max, then the sum) so it comes out as in the reference. */
-FM_INLINE void FM_FN(fm_ce_lse)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
-                                ptrdiff_t n, int want_wx, double *m_out, double *log_s_out,
-                                double *wx_out) {
+ * want_wx, sum(w * x). A row of at most FM_CE_SWEEP_MAX logits is swept while it sits in
+ * cache: its max, then exp(x - m) summed and, when `exps` is not NULL, stored there (the
+ * gradient then needs no second exp). A longer row takes the blocked online pass (each
+ * logit read once from memory). A row where that is not finite (NaN / inf logits) is
+ * redone with the exact two-pass formula (NaN-propagating max, then the sum) so it comes
+ * out as in the reference. Returns whether `exps` holds the row's exp(x - m). */
+FM_INLINE int FM_FN(fm_ce_lse)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
+                               ptrdiff_t n, int want_wx, FM_T *FM_RESTRICT exps,
+                               double *m_out, double *log_s_out, double *wx_out,
+                               double *inv_s_out) {
     FM_T m;
-    double s, wx;
-    if (want_wx)
+    double s, wx = 0;
+    int stored = 0;
+    if (n <= FM_CE_SWEEP_MAX) {
+        m = FM_FN(fm_row_max)(x, n);
+        stored = exps != NULL;
+        s = stored ? FM_FN(fm_exp_sum)(x, m, exps, n, 1) : FM_FN(fm_exp_sum)(x, m, NULL, n, 0);
+        if (want_wx) wx = FM_FN(fm_dot)(w, x, n);
+    } else if (want_wx) {
         FM_FN(fm_online_lse)(x, w, n, 1, &m, &s, &wx);
-    else
+    } else {
         FM_FN(fm_online_lse)(x, w, n, 0, &m, &s, &wx);
+    }
     if (!(isfinite(m) && isfinite(s))) {
         m = -INFINITY;
         for (ptrdiff_t j = 0; j < n; j++) m = (x[j] > m || x[j] != x[j]) ? x[j] : m;
         s = 0;
         for (ptrdiff_t j = 0; j < n; j++) s += FM_EXP(x[j] - m);
+        stored = 0;
     }
     *m_out = m;
     *log_s_out = log(s);
     *wx_out = wx;
+    *inv_s_out = 1 / s;
+    return stored;
 }
 
 FM_DISPATCH static fm_row_lse FM_FN(fastml_ce_row_lse)(const FM_T *FM_RESTRICT x,
                                                         const FM_T *FM_RESTRICT w,
                                                         ptrdiff_t n, int want_wx) {
     fm_row_lse r;
-    FM_FN(fm_ce_lse)(x, w, n, want_wx, &r.m, &r.log_s, &r.wx);
+    double inv_s;
+    FM_FN(fm_ce_lse)(x, w, n, want_wx, NULL, &r.m, &r.log_s, &r.wx, &inv_s);
     return r;
 }
 
 /* One row of the cross-entropy gradient, given its log-sum-exp parts:
- * out = coef * (a * (p - onehot(t)) + b * (sw * p - w)), p = exp(x - m - log_s);
- * the b term only when smoothing. */
+ * out = coef * (a * (p - onehot(t)) + b * (sw * p - w)), the b term only when smoothing;
+ * p = exp(x - m - log_s), or, when `stored` (out holds exp(x - m)), out * (1 / sum). */
 FM_INLINE FM_T FM_FN(fm_ce_grad_elem)(FM_T p, FM_T onehot, FM_T wj, FM_T a, FM_T b, FM_T sw,
                                       FM_T coef, int smooth) {
     FM_T g = a * (p - onehot);
@@ -192,34 +207,39 @@ FM_INLINE FM_T FM_FN(fm_ce_grad_elem)(FM_T p, FM_T onehot, FM_T wj, FM_T a, FM_T
 }
 
 FM_INLINE void FM_FN(fm_ce_grad_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
-                                      ptrdiff_t n, ptrdiff_t t, FM_T m, FM_T log_s, FM_T a,
-                                      FM_T b, FM_T sw, FM_T coef, int smooth,
-                                      FM_T *FM_RESTRICT out) {
-    for (ptrdiff_t j = 0; j < n; j++)
-        out[j] = FM_FN(fm_ce_grad_elem)(FM_EXP((x[j] - m) - log_s), 0, w[j], a, b, sw, coef,
-                                        smooth);
-    out[t] = FM_FN(fm_ce_grad_elem)(FM_EXP((x[t] - m) - log_s), 1, w[t], a, b, sw, coef,
-                                    smooth);
+                                      ptrdiff_t n, ptrdiff_t t, FM_T m, FM_T log_s,
+                                      FM_T inv_s, int stored, FM_T a, FM_T b, FM_T sw,
+                                      FM_T coef, int smooth, FM_T *FM_RESTRICT out) {
+    FM_T pt = stored ? out[t] * inv_s : FM_EXP((x[t] - m) - log_s);
+    if (stored)
+        for (ptrdiff_t j = 0; j < n; j++)
+            out[j] = FM_FN(fm_ce_grad_elem)(out[j] * inv_s, 0, w[j], a, b, sw, coef, smooth);
+    else
+        for (ptrdiff_t j = 0; j < n; j++)
+            out[j] = FM_FN(fm_ce_grad_elem)(FM_EXP((x[j] - m) - log_s), 0, w[j], a, b, sw,
+                                            coef, smooth);
+    out[t] = FM_FN(fm_ce_grad_elem)(pt, 1, w[t], a, b, sw, coef, smooth);
 }
 
 FM_INLINE void FM_FN(fm_ce_grad)(const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w,
-                                 ptrdiff_t n, ptrdiff_t t, double m, double log_s, double a,
-                                 double b, double sw, double coef, FM_T *FM_RESTRICT out) {
+                                 ptrdiff_t n, ptrdiff_t t, double m, double log_s,
+                                 double inv_s, int stored, double a, double b, double sw,
+                                 double coef, FM_T *FM_RESTRICT out) {
     if (b != 0)
-        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, (FM_T)b, (FM_T)sw,
-                               (FM_T)coef, 1, out);
+        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)inv_s, stored,
+                               (FM_T)a, (FM_T)b, (FM_T)sw, (FM_T)coef, 1, out);
     else
-        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)a, 0, 0, (FM_T)coef,
-                               0, out);
+        FM_FN(fm_ce_grad_loop)(x, w, n, t, (FM_T)m, (FM_T)log_s, (FM_T)inv_s, stored,
+                               (FM_T)a, 0, 0, (FM_T)coef, 0, out);
 }
 
 FM_DISPATCH static void FM_FN(fastml_ce_grad_row)(const FM_T *FM_RESTRICT x,
                                                   const FM_T *FM_RESTRICT w, ptrdiff_t n,
                                                   ptrdiff_t t, double a, double b, double sw,
                                                   double coef, FM_T *FM_RESTRICT out) {
-    double m, log_s, wx;
-    FM_FN(fm_ce_lse)(x, w, n, 0, &m, &log_s, &wx);
-    FM_FN(fm_ce_grad)(x, w, n, t, m, log_s, a, b, sw, coef, out);
+    double m, log_s, wx, inv_s;
+    int stored = FM_FN(fm_ce_lse)(x, w, n, 0, out, &m, &log_s, &wx, &inv_s);
+    FM_FN(fm_ce_grad)(x, w, n, t, m, log_s, inv_s, stored, a, b, sw, coef, out);
 }
 
 /* The fused loss and gradient of one row: its log-sum-exp parts (returned, for the
@@ -228,8 +248,9 @@ FM_DISPATCH static fm_row_lse FM_FN(fastml_ce_loss_grad_row)(
         const FM_T *FM_RESTRICT x, const FM_T *FM_RESTRICT w, ptrdiff_t n, ptrdiff_t t,
         int want_wx, double a, double b, double sw, double coef, FM_T *FM_RESTRICT out) {
     fm_row_lse r;
-    FM_FN(fm_ce_lse)(x, w, n, want_wx, &r.m, &r.log_s, &r.wx);
-    FM_FN(fm_ce_grad)(x, w, n, t, r.m, r.log_s, a, b, sw, coef, out);
+    double inv_s;
+    int stored = FM_FN(fm_ce_lse)(x, w, n, want_wx, out, &r.m, &r.log_s, &r.wx, &inv_s);
+    FM_FN(fm_ce_grad)(x, w, n, t, r.m, r.log_s, inv_s, stored, a, b, sw, coef, out);
     return r;
 }
 

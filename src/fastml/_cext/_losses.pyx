@@ -2,8 +2,9 @@
 KL divergence, NLL and the fused softmax cross-entropy (loss and gradient).
 
 Sums accumulate in double. Cross-entropy never materializes the softmax:
-each row's log-sum-exp comes from one blocked online pass over its logits
-(the CPU-dispatched vector loops of _kernels.h). BCE, BCE with logits and KL
+each row's log-sum-exp comes from one read of its logits (the CPU-dispatched
+vector loops of _kernels.h: sweeps over the cached row, or a blocked online
+pass for rows over 8192 logits); the gradient scales the exps it kept. BCE, BCE with logits and KL
 run the vector loops of _kernels.h too (branch-free exp / log / log1p, no
 libm call), one contiguous chunk per thread.
 """

@@ -112,9 +112,11 @@ def _large_args(op, dtype):
 @pytest.mark.parametrize("row", [r for r in ROWS if r.bench], ids=lambda r: r.op)
 @pytest.mark.parametrize("backend", [b for b in accelerated_backends()
                                      if not (b == "cuda" and simulator_enabled())])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # NaN / inf propagate silently
 def test_large_inputs(backend, row):
     """The paths small generated inputs never reach: parallel twins, vector blocks and
-    their tails, the blocked log-sum-exp over 1000-long rows."""
+    their tails, the blocked log-sum-exp over 1000-long rows; worker threads (conv2d's
+    batch slices) quiet NumPy's warnings as their caller does."""
     dtype = np.float64 if row.op.startswith("preprocessing.") else np.float32
     args = _large_args(row.op, dtype)
     with fastml.use_backend("numpy"):

@@ -147,19 +147,34 @@ def get_num_threads() -> int:
 _blas_limit = {"applied": None, "controller": None}
 
 
-def limit_blas_threads() -> None:
-    """Bound the BLAS pool behind GEMM (NumPy's matmul) to get_num_threads().
-
-    Called by the accelerated CPU backends before a GEMM; re-applied only when
-    the bound changed, since threadpoolctl's limit costs a library scan.
-    """
-    n = get_num_threads()
+def _set_blas_threads(n: int) -> None:
+    """The BLAS pool's bound, set only when it differs from the last one applied."""
     if _blas_limit["applied"] != n:
         if _blas_limit["controller"] is None:
             from threadpoolctl import ThreadpoolController
             _blas_limit["controller"] = ThreadpoolController()
         _blas_limit["controller"].limit(limits=n, user_api="blas")
         _blas_limit["applied"] = n
+
+
+def limit_blas_threads() -> None:
+    """Bound the BLAS pool behind GEMM (NumPy's matmul) to get_num_threads().
+
+    Called by the accelerated CPU backends before a GEMM; re-applied only when
+    the bound changed.
+    """
+    _set_blas_threads(get_num_threads())
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS runs in its caller's thread inside the block (a kernel that runs its own
+    threads, each with its GEMMs); the bound is get_num_threads() again after it."""
+    _set_blas_threads(1)
+    try:
+        yield
+    finally:
+        limit_blas_threads()
 
 
 def backend_info() -> dict:

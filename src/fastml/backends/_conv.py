@@ -1,34 +1,41 @@
 """conv2d on the CPU backends: native im2col / col2im kernels around BLAS GEMMs.
 
-The numba and cython backends pass their own kernels in; the GEMMs are NumPy's
-matmul (its OpenBLAS), one per product for the whole batch, never a hand-written loop.
+The numba and cython backends pass their own (serial) kernels in; the GEMMs are
+NumPy's matmul (its OpenBLAS), never a hand-written loop.
 
 Columns are laid out (C kh kw, N, Ho Wo): ``cols[(c kh + i) kw + j, n, oh Wo + ow] =
 xpad[n, c, oh sh + i dh, ow sw + j dw]``, so ``weight.reshape(O, -1) @ cols`` is one
-GEMM over the whole batch. Its (O, N, Ho Wo) product is permuted to the output's
+GEMM over a whole batch. Its (O, N, Ho Wo) product is permuted to the output's
 (N, O, Ho Wo) by NumPy while the bias is added (one pass). The geometry tuple
 handed to the kernels is ``(kh, kw, sh, sw, ph, pw, dh, dw)``.
 
-Why one GEMM and not one per sample: on a busy 2-core machine each of the 64
-per-sample GEMMs of the benchmark waited for OpenBLAS's worker threads (a whole
-forward pass once took 180 ms instead of 14); one large GEMM synchronizes once and
-was as fast or faster on a quiet machine (x 64x32x28x28, 3x3: forward 13.5 vs 14 ms,
-grad_weight 14 vs 15.5, grad_cols 12.5 vs 16).
+The batch is split into one slice per thread (``get_num_threads()``), and each
+worker runs its slice's im2col, GEMMs, permutes and col2im with BLAS single-threaded
+in that worker; grad_weight and grad_bias are the sums of the slices' partial
+products. Measured (2 cores, x 64x32x28x28, w 64x32x3x3, pad 1): OpenBLAS splits
+these skinny GEMMs (M = 64, K = 288) poorly over its own threads, 13.8 ms for the
+forward GEMM against 11.7 ms for two concurrent single-threaded halves (grad_cols
+13.2 / 8.3 ms), and the column kernels run in parallel too instead of serially
+between GEMMs (a parallel kernel right after a threaded GEMM fought OpenBLAS's
+spinning workers: im2col + GEMM took 58 ms instead of 25).
 
-The columns and the GEMM's product are scratch, never returned, so each thread
+The columns and the GEMM's product are scratch, never returned, so each worker
 keeps its buffers and reuses them: a fresh 58 MB buffer per call cost ~8 ms of page
 faults, half the time of the GEMM that fills it.
 """
 from __future__ import annotations
 
+import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .._config import limit_blas_threads
+from .._config import get_num_threads, limit_blas_threads, single_threaded_blas
 from .reference import conv_output_size
 
 _scratch = threading.local()
+_pool = {"executor": None, "workers": 0}
 
 
 def _buffer(slot, shape, dtype):
@@ -39,6 +46,33 @@ def _buffer(slot, shape, dtype):
     if buf is None or buf.nbytes < nbytes:
         buf = bufs[slot] = np.empty(max(nbytes, 1), np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _over_batch(work, n):
+    """``[work(lo, hi) for each slice]`` of a batch of n, one slice per thread, run
+    concurrently with single-threaded BLAS; one slice runs here with the BLAS pool."""
+    k = min(get_num_threads(), n)
+    if k == 0:
+        return []
+    bounds = [n * i // k for i in range(k + 1)]
+    slices = list(zip(bounds[:-1], bounds[1:]))
+    if k <= 1:
+        limit_blas_threads()
+        return [work(lo, hi) for lo, hi in slices]
+    if _pool["workers"] < k:
+        if _pool["executor"] is not None:
+            _pool["executor"].shutdown()
+        _pool["executor"] = ThreadPoolExecutor(k, thread_name_prefix="fastml-conv")
+        _pool["workers"] = k
+    err = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
+
+    def in_worker(lo, hi):
+        with np.errstate(**err):
+            return work(lo, hi)
+
+    with single_threaded_blas():
+        futures = [_pool["executor"].submit(in_worker, lo, hi) for lo, hi in slices]
+        return [f.result() for f in futures]
 
 
 def _geometry(weight, stride, padding, dilation):
@@ -57,16 +91,21 @@ def conv2d(im2col, x, weight, bias, stride, padding, dilation):
     """The reference's ``conv2d`` with the backend's ``im2col(x, cols, geometry)``."""
     n, o = x.shape[0], weight.shape[0]
     ho, wo = conv_output_size(x.shape, weight.shape[2:], stride, padding, dilation)
-    cols = _im2col(im2col, x, weight, _geometry(weight, stride, padding, dilation), ho * wo)
-    limit_blas_threads()
-    prod = np.matmul(weight.reshape(o, -1), cols.reshape(cols.shape[0], -1),
-                     out=_buffer("prod", (o, n * ho * wo), x.dtype))
+    geometry = _geometry(weight, stride, padding, dilation)
+    w2 = weight.reshape(o, -1)
     out = np.empty((n, o, ho * wo), x.dtype)
-    by_sample = prod.reshape(o, n, ho * wo).transpose(1, 0, 2)
-    if bias is None:
-        np.copyto(out, by_sample)
-    else:
-        np.add(by_sample, bias[:, None], out=out)
+
+    def work(lo, hi):
+        cols = _im2col(im2col, x[lo:hi], weight, geometry, ho * wo)
+        prod = np.matmul(w2, cols.reshape(cols.shape[0], -1),
+                         out=_buffer("prod", (o, (hi - lo) * ho * wo), x.dtype))
+        by_sample = prod.reshape(o, hi - lo, ho * wo).transpose(1, 0, 2)
+        if bias is None:
+            np.copyto(out[lo:hi], by_sample)
+        else:
+            np.add(by_sample, bias[:, None], out=out[lo:hi])
+
+    _over_batch(work, n)
     return out.reshape(n, o, ho, wo)
 
 
@@ -76,16 +115,27 @@ def conv2d_backward(im2col, col2im, grad_out, x, weight, stride, padding, dilati
     n, o = x.shape[0], weight.shape[0]
     ho, wo = grad_out.shape[2:]
     geometry = _geometry(weight, stride, padding, dilation)
-    cols = _im2col(im2col, x, weight, geometry, ho * wo)
-    cols2 = cols.reshape(cols.shape[0], -1)
-    g = _buffer("prod", (o, n, ho * wo), x.dtype)  # grad_out as (O, N, Ho Wo)
-    np.copyto(g, grad_out.reshape(n, o, ho * wo).transpose(1, 0, 2))
-    g2 = g.reshape(o, -1)
-    limit_blas_threads()
-    # (cols @ g.T).T: BLAS ran this orientation faster than g @ cols.T
-    grad_weight = np.ascontiguousarray(np.matmul(cols2, g2.T).T).reshape(weight.shape)
-    grad_cols = np.matmul(weight.reshape(o, -1).T, g2, out=cols2)  # cols is no longer needed
+    w2 = weight.reshape(o, -1)
     grad_x = np.empty_like(x)
-    col2im(grad_cols.reshape(cols.shape), grad_x, geometry)
-    grad_bias = g.sum(axis=(1, 2)) if has_bias else None
+
+    def work(lo, hi):
+        """This slice's grad_x, and its partial grad_weight (C kh kw, O) and grad_bias."""
+        cols = _im2col(im2col, x[lo:hi], weight, geometry, ho * wo)
+        cols2 = cols.reshape(cols.shape[0], -1)
+        g = _buffer("prod", (o, hi - lo, ho * wo), x.dtype)  # grad_out as (O, N, Ho Wo)
+        np.copyto(g, grad_out[lo:hi].reshape(hi - lo, o, ho * wo).transpose(1, 0, 2))
+        g2 = g.reshape(o, -1)
+        # cols @ g.T: BLAS ran this orientation faster than g @ cols.T
+        partial = (np.matmul(cols2, g2.T), g.sum(axis=(1, 2)) if has_bias else None)
+        grad_cols = np.matmul(w2.T, g2, out=cols2)  # cols is no longer needed
+        col2im(grad_cols.reshape(cols.shape), grad_x[lo:hi], geometry)
+        return partial
+
+    partials = _over_batch(work, n)
+    if not partials:  # an empty batch
+        grad_weight = np.zeros(weight.shape, x.dtype)
+        return grad_x, grad_weight, np.zeros(o, x.dtype) if has_bias else None
+    grad_weight = np.ascontiguousarray(
+        functools.reduce(np.add, (p[0] for p in partials)).T).reshape(weight.shape)
+    grad_bias = functools.reduce(np.add, (p[1] for p in partials)) if has_bias else None
     return grad_x, grad_weight, grad_bias

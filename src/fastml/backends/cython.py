@@ -73,19 +73,14 @@ def _class_reduced(reduction, per_row, total, weight_sum):
         return float(np.float64(total) / np.float64(weight_sum))
 
 
-# conv2d's im2col / col2im run serially (num_threads=1), as _linear's bias loops: they
-# sit between threaded BLAS calls, whose spinning workers an OpenMP team would fight.
-# Measured (2 cores, x 64x32x28x28, 3x3): im2col + GEMM 25 ms serial, 58 ms with 2
-# threads. The kernels take num_threads; pass get_num_threads() to use them elsewhere.
-_CONV_THREADS = 1
-
-
+# conv2d's im2col / col2im run serially (num_threads=1): _conv runs one batch slice
+# per thread.
 def _im2col(x, cols, geometry):
-    _layers.im2col(x, cols, geometry, min(_CONV_THREADS, get_num_threads()))
+    _layers.im2col(x, cols, geometry, 1)
 
 
 def _col2im(cols, grad_x, geometry):
-    _layers.col2im(cols, grad_x, geometry, min(_CONV_THREADS, get_num_threads()))
+    _layers.col2im(cols, grad_x, geometry, 1)
 
 
 class CythonBackend(ReferenceBackend):

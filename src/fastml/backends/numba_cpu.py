@@ -689,8 +689,8 @@ def _im2col(x, cols, geometry):
     """``_conv``'s im2col: fills every element of cols (C kh kw, N, Ho Wo)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = conv_output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    if cols.size:
-        _run(K.im2col, cols.size, x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    if cols.size:  # serial: _conv runs one batch slice per thread
+        K.im2col.serial(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
 def _col2im(cols, grad_x, geometry):
@@ -698,8 +698,7 @@ def _col2im(cols, grad_x, geometry):
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = conv_output_size(grad_x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     if grad_x.size:
-        _run(K.col2im, max(cols.size, grad_x.size), cols, grad_x, kh, kw, sh, sw, ph, pw,
-             dh, dw, ho, wo)
+        K.col2im.serial(cols, grad_x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
 _NORMS = {"l1": 0, "l2": 1, "max": 2}

@@ -57,6 +57,12 @@ cdef extern from "_kernels.h" nogil:
     void fastml_bce_logits_grad_f64(const double* x, const double* t, const double* w,
                                     const double* pw, double scale, double* out,
                                     Py_ssize_t n)
+    double fastml_mse_sum_f32(const float* x, const float* t, Py_ssize_t n)
+    double fastml_mse_sum_f64(const double* x, const double* t, Py_ssize_t n)
+    double fastml_l1_sum_f32(const float* x, const float* t, Py_ssize_t n)
+    double fastml_l1_sum_f64(const double* x, const double* t, Py_ssize_t n)
+    double fastml_huber_sum_f32(const float* x, const float* t, float delta, Py_ssize_t n)
+    double fastml_huber_sum_f64(const double* x, const double* t, double delta, Py_ssize_t n)
     double fastml_kl_div_f32(const float* x, const float* t, float* out, Py_ssize_t n,
                              int log_target)
     double fastml_kl_div_f64(const double* x, const double* t, double* out, Py_ssize_t n,

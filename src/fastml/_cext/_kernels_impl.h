@@ -355,6 +355,38 @@ FM_INLINE double FM_FN(fm_kl_loop)(const FM_T *FM_RESTRICT x, const FM_T *FM_RES
     FM_LOSS_BODY(FM_FN(fm_kl)(x[i], t[i], log_target))
 }
 
+/* The double sums of the MSE, L1 and Huber terms, each term rounded to the dtype as the
+ * reference. Huber: m (|d| - m / 2) with m = min(|d|, delta), torch's 0.5 d**2 below
+ * delta (|d| - |d| / 2 is exact) and delta (|d| - delta / 2) above; NaN stays NaN. */
+FM_INLINE FM_T FM_FN(fm_abs)(FM_T d) { return d < 0 ? -d : d; }
+
+FM_INLINE FM_T FM_FN(fm_huber)(FM_T d, FM_T delta) {
+    FM_T z = FM_FN(fm_abs)(d), m = z < delta ? z : delta;
+    return m * (z - (FM_T)0.5 * m);
+}
+
+FM_DISPATCH static double FM_FN(fastml_mse_sum)(const FM_T *FM_RESTRICT x,
+                                                const FM_T *FM_RESTRICT t, ptrdiff_t n) {
+    const int store = 0;
+    FM_T *out = NULL;
+    FM_LOSS_BODY((x[i] - t[i]) * (x[i] - t[i]))
+}
+
+FM_DISPATCH static double FM_FN(fastml_l1_sum)(const FM_T *FM_RESTRICT x,
+                                               const FM_T *FM_RESTRICT t, ptrdiff_t n) {
+    const int store = 0;
+    FM_T *out = NULL;
+    FM_LOSS_BODY(FM_FN(fm_abs)(x[i] - t[i]))
+}
+
+FM_DISPATCH static double FM_FN(fastml_huber_sum)(const FM_T *FM_RESTRICT x,
+                                                  const FM_T *FM_RESTRICT t, FM_T delta,
+                                                  ptrdiff_t n) {
+    const int store = 0;
+    FM_T *out = NULL;
+    FM_LOSS_BODY(FM_FN(fm_huber)(x[i] - t[i], delta))
+}
+
 /* Entry points: out != NULL stores the per-element losses (returns 0), out == NULL returns
  * their double sum; w / pw NULL when absent. Each flag combination is its own loop. */
 FM_DISPATCH static double FM_FN(fastml_bce)(const FM_T *FM_RESTRICT x,

@@ -13,11 +13,14 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from ._kernels cimport (ce_grad_row, ce_loss_grad_row, ce_row_lse, fastml_bce_f32, fastml_bce_f64,
-                       fastml_bce_grad_f32, fastml_bce_grad_f64, fastml_bce_logits_f32,
-                       fastml_bce_logits_f64, fastml_bce_logits_grad_f32,
-                       fastml_bce_logits_grad_f64, fastml_kl_div_f32, fastml_kl_div_f64,
-                       fastml_kl_div_grad_f32, fastml_kl_div_grad_f64, fm_row_lse)
+from ._kernels cimport (ce_grad_row, ce_loss_grad_row, ce_row_lse, fastml_bce_f32,
+                       fastml_bce_f64, fastml_bce_grad_f32, fastml_bce_grad_f64,
+                       fastml_bce_logits_f32, fastml_bce_logits_f64,
+                       fastml_bce_logits_grad_f32, fastml_bce_logits_grad_f64,
+                       fastml_huber_sum_f32, fastml_huber_sum_f64, fastml_kl_div_f32,
+                       fastml_kl_div_f64, fastml_kl_div_grad_f32, fastml_kl_div_grad_f64,
+                       fastml_l1_sum_f32, fastml_l1_sum_f64, fastml_mse_sum_f32,
+                       fastml_mse_sum_f64, fm_row_lse)
 from ._scalar cimport PAR_MIN_WORK, fabs_
 
 
@@ -34,15 +37,7 @@ def mse_none(const floating[::1] input, const floating[::1] target, floating[::1
 
 def mse_sum(const floating[::1] input, const floating[::1] target, int num_threads):
     """Sum of (input - target)**2, each square rounded to the input dtype as the reference."""
-    cdef Py_ssize_t i, n = input.shape[0]
-    cdef floating d, sq
-    cdef double total = 0
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n >= PAR_MIN_WORK):
-        d = input[i] - target[i]
-        sq = d * d
-        total += sq
-    return total
+    return _pointwise_sum(MSE, input, target, 0, num_threads)
 
 
 def mse_grad(const floating[::1] input, const floating[::1] target, double scale,
@@ -64,12 +59,7 @@ def l1_none(const floating[::1] input, const floating[::1] target, floating[::1]
 
 
 def l1_sum(const floating[::1] input, const floating[::1] target, int num_threads):
-    cdef Py_ssize_t i, n = input.shape[0]
-    cdef double total = 0
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n >= PAR_MIN_WORK):
-        total += fabs_(input[i] - target[i])
-    return total
+    return _pointwise_sum(L1, input, target, 0, num_threads)
 
 
 def l1_grad(const floating[::1] input, const floating[::1] target, double scale,
@@ -110,13 +100,7 @@ def huber_none(const floating[::1] input, const floating[::1] target, double del
 
 def huber_sum(const floating[::1] input, const floating[::1] target, double delta,
               int num_threads):
-    cdef Py_ssize_t i, n = input.shape[0]
-    cdef floating dl = <floating>delta
-    cdef double total = 0
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=n >= PAR_MIN_WORK):
-        total += huber(input[i] - target[i], dl)
-    return total
+    return _pointwise_sum(HUBER, input, target, delta, num_threads)
 
 
 def huber_grad(const floating[::1] input, const floating[::1] target, double scale,
@@ -227,6 +211,9 @@ def cross_entropy_and_grad(const floating[:, ::1] x, const int64_t[::1] target,
 
 # ------------------------------------------- BCE, BCE with logits, KL divergence
 cdef enum Pointwise:
+    MSE
+    L1
+    HUBER
     BCE
     BCE_GRAD
     BCE_LOGITS
@@ -244,8 +231,15 @@ cdef double _chunk(Pointwise op, const floating* x, const floating* t, const flo
                    const floating* pw, double a, double b, bint flag, floating* out,
                    Py_ssize_t n) noexcept nogil:
     """op's vector loop over one chunk. Losses store into out, or return their sum when out
-    is NULL; gradients get their scalars (a = scale, b = BCE's eps) rounded to the dtype."""
+    is NULL; gradients get their scalars (a = scale, b = BCE's eps) rounded to the dtype.
+    MSE, L1 and HUBER (a = delta) only sum."""
     if floating is float:
+        if op == MSE:
+            return fastml_mse_sum_f32(x, t, n)
+        if op == L1:
+            return fastml_l1_sum_f32(x, t, n)
+        if op == HUBER:
+            return fastml_huber_sum_f32(x, t, <float>a, n)
         if op == BCE:
             return fastml_bce_f32(x, t, w, out, n)
         if op == BCE_GRAD:
@@ -259,6 +253,12 @@ cdef double _chunk(Pointwise op, const floating* x, const floating* t, const flo
         else:
             fastml_kl_div_grad_f32(t, <float>a, out, n, flag)
     else:
+        if op == MSE:
+            return fastml_mse_sum_f64(x, t, n)
+        if op == L1:
+            return fastml_l1_sum_f64(x, t, n)
+        if op == HUBER:
+            return fastml_huber_sum_f64(x, t, a, n)
         if op == BCE:
             return fastml_bce_f64(x, t, w, out, n)
         if op == BCE_GRAD:
@@ -305,6 +305,14 @@ cdef double _pointwise(Pointwise op, const floating[::1] x, const floating[::1] 
         total += _chunk(op, _at(xp, lo), tp + lo, _at(wp, lo), _at(pwp, lo), a, b, flag,
                         outp + lo if outp != NULL else NULL, hi - lo)
     return total
+
+
+cdef double _pointwise_sum(Pointwise op, const floating[::1] x, const floating[::1] t,
+                           double a, int num_threads):
+    """The sum of an unweighted two-input loss (MSE, L1, HUBER)."""
+    cdef const floating[::1] absent = None
+    cdef floating[::1] no_out = None
+    return _pointwise(op, x, t, absent, absent, a, 0, False, no_out, num_threads)
 
 
 # Typed None views: _pointwise's absent arrays (a bare None leaves its fused type open).

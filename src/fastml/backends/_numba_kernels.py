@@ -867,35 +867,60 @@ def _ce_row_loss(xr, t, w, wsum, ls, m, s):
 
 
 @kernel
-def _ce_row_grad(src, t, w, a, b, ws, cf, m, s, o):
-    """coef * (a*(p - onehot(t)) + b*(sum(w)*p - w)) of one row into o, from its online
-    log-sum-exp parts (m, s), in the input dtype and in the reference's order of
-    operations (so that also inf/NaN from coef = 1/0 land where the reference puts them)."""
+def _ce_row_lse(xr, buf):
+    """(m, s, stored) of a row: ``_online_lse``'s max and sum of exp(x - m); a row of one
+    block (the common case) is swept in cache instead and leaves each exp(x - m) in buf
+    (``stored``), so its gradient needs no second exp. The loss and gradient kernels all
+    take their sums from here: the same values bit for bit."""
+    if xr.size <= _LSE_BLOCK:
+        m = _row_max(xr, 0, xr.size)
+        return m, np.float64(_exp_shifted(xr, m, buf)), True
+    m, s = _online_lse(xr)
+    return m, s, False
+
+
+@kernel
+def _ce_row_grad(src, t, w, a, b, ws, cf, m, s, stored, o):
+    """coef * (a*(p - onehot(t)) + b*(sum(w)*p - w)) of one row into o, from its
+    log-sum-exp parts (m, s): p = exp(x - m) / s, the exps read back from o when
+    ``stored``. In the input dtype and in the reference's order of operations (so that
+    also inf/NaN from coef = 1/0 land where the reference puts them)."""
     f = src.dtype.type
     inv_s = 1.0 / s
     if not (np.isfinite(m) and np.isfinite(inv_s) and inv_s > 0.0):
         # NaN/inf logits: exact log-probabilities into the output row,
         # then p = exp(logp - 0) * 1 below.
         log_softmax_row(src, o)
-        src, m, inv_s = o, f(0), 1.0
+        src, m, inv_s, stored = o, f(0), 1.0, False
     inv = f(inv_s)
-    pt = fexp(src[t] - m) * inv  # before src (maybe o) is overwritten
-    for j in range(src.size):
-        p = fexp(src[j] - m) * inv
-        o[j] = (a * p + b * (ws * p - w[j])) * cf
+    if stored:
+        pt = o[t] * inv  # before o[t] is overwritten
+        for j in range(src.size):
+            p = o[j] * inv
+            o[j] = (a * p + b * (ws * p - w[j])) * cf
+    else:
+        pt = fexp(src[t] - m) * inv  # before src (maybe o) is overwritten
+        for j in range(src.size):
+            p = fexp(src[j] - m) * inv
+            o[j] = (a * p + b * (ws * p - w[j])) * cf
     o[t] = (a * (pt - f(1)) + b * (ws * pt - w[t])) * cf
 
 
 @twin
-def cross_entropy_rows(x, target, w, wsum, ignore_index, ls, out):
-    """Per-row loss (``_ce_row_loss``) into out, 0 for ignored rows."""
-    for i in prange(x.shape[0]):
-        t = target[i]
-        if t == ignore_index:
-            out[i] = 0.0
-            continue
-        m, s = _online_lse(x[i])
-        out[i] = _ce_row_loss(x[i], t, w, wsum, ls, m, s)
+def cross_entropy_rows(x, target, w, wsum, ignore_index, ls, out, nchunks):
+    """Per-row loss (``_ce_row_loss``) into out, 0 for ignored rows; chunks of rows, each
+    with a scratch row for ``_ce_row_lse``'s exps."""
+    rows, c = x.shape
+    for k in prange(nchunks):
+        lo, hi = _chunk(rows, nchunks, k)
+        buf = np.empty(c, x.dtype)
+        for i in range(lo, hi):
+            t = target[i]
+            if t == ignore_index:
+                out[i] = 0.0
+                continue
+            m, s, _ = _ce_row_lse(x[i], buf)
+            out[i] = _ce_row_loss(x[i], t, w, wsum, ls, m, s)
 
 
 @twin
@@ -908,14 +933,14 @@ def cross_entropy_grad_rows(x, target, w, wsum, ignore_index, ls, coef, out):
         if t == ignore_index:
             out[i, :] = 0.0  # exactly 0, even when 'mean' divides by a zero weight sum
             continue
-        m, s = _online_lse(x[i])
-        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, out[i])
+        m, s, stored = _ce_row_lse(x[i], out[i])
+        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, stored, out[i])
 
 
 @twin
 def cross_entropy_loss_grad_rows(x, target, w, wsum, ignore_index, ls, coef, loss, grad):
     """``cross_entropy_rows`` into loss and ``cross_entropy_grad_rows`` into grad, each
-    row's online log-sum-exp computed once for both."""
+    row's log-sum-exp computed once for both."""
     f = x.dtype.type
     b, ws, cf = f(ls / x.shape[1]), f(wsum), f(coef)
     for i in prange(x.shape[0]):
@@ -924,9 +949,9 @@ def cross_entropy_loss_grad_rows(x, target, w, wsum, ignore_index, ls, coef, los
             loss[i] = 0.0
             grad[i, :] = 0.0
             continue
-        m, s = _online_lse(x[i])
+        m, s, stored = _ce_row_lse(x[i], grad[i])
         loss[i] = _ce_row_loss(x[i], t, w, wsum, ls, m, s)
-        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, grad[i])
+        _ce_row_grad(x[i], t, w, f(1.0 - ls) * w[t], b, ws, cf, m, s, stored, grad[i])
 
 
 # Element-wise losses with optional per-element weights: each op has one

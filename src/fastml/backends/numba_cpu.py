@@ -431,7 +431,7 @@ class NumbaBackend(ReferenceBackend):
         w, wsum, kept = self._ce_weights(input, target, weight, ignore_index)
         loss = np.empty(input.shape[0], input.dtype)
         _run(K.cross_entropy_rows, input.size, input, target, w, wsum, ignore_index,
-             float(label_smoothing), loss)
+             float(label_smoothing), loss, chunked=True)
         return _reduce(loss, reduction, count=kept)
 
     @staticmethod

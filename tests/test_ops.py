@@ -224,3 +224,31 @@ def test_cross_entropy_and_grad_is_the_two_calls(backend):
                                        losses.cross_entropy_grad(**args)), 0, 0, backend)
 
     check()
+
+
+@pytest.mark.parametrize("backend", [b for b in accelerated_backends() if b != "cuda"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_conv2d_batch_slices(backend, threads, monkeypatch):
+    """conv2d's CPU host cuts the batch into slices run by worker threads: any slicing
+    and thread count give the reference's values (slices of one sample here)."""
+    from fastml.backends import _conv
+    monkeypatch.setattr(_conv, "_SLICE_BYTES", 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    g = rng.standard_normal((7, 4, 5, 9)).astype(np.float32)
+    args = {"stride": (2, 1), "padding": 1}
+    with fastml.use_backend("numpy"):
+        expected = (layers.conv2d(x, w, b, **args),
+                    layers.conv2d_backward(g, x, w, **args, has_bias=True))
+    n0 = fastml.get_num_threads()
+    try:
+        fastml.set_num_threads(threads)
+        with fastml.use_backend(backend):
+            actual = (layers.conv2d(x, w, b, **args),
+                      layers.conv2d_backward(g, x, w, **args, has_bias=True))
+    finally:
+        fastml.set_num_threads(n0)
+    rtol, atol = ROW_BY_OP["layers.conv2d_backward"].tolerance(np.float32, 7 * 5 * 9)
+    assert_same(actual, expected, rtol, atol, f"conv2d slices[{backend}]")

@@ -39,6 +39,7 @@ from .reference import conv_output_size
 
 _scratch = threading.local()
 _pool = {"executor": None, "workers": 0}
+_pool_lock = threading.Lock()
 
 
 def _buffer(slot, shape, dtype):
@@ -67,11 +68,13 @@ def _over_batch(work, n, sample_bytes):
     if len(slices) == 1:
         limit_blas_threads()
         return [work(lo, hi) for lo, hi in slices]
-    if _pool["workers"] < k:
-        if _pool["executor"] is not None:
-            _pool["executor"].shutdown()
-        _pool["executor"] = ThreadPoolExecutor(k, thread_name_prefix="fastml-conv")
-        _pool["workers"] = k
+    with _pool_lock:  # callers on several threads share one pool
+        if _pool["workers"] < k:
+            if _pool["executor"] is not None:
+                _pool["executor"].shutdown(wait=False)
+            _pool["executor"] = ThreadPoolExecutor(k, thread_name_prefix="fastml-conv")
+            _pool["workers"] = k
+        executor = _pool["executor"]
     err = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
 
     def in_worker(lo, hi):
@@ -79,7 +82,7 @@ def _over_batch(work, n, sample_bytes):
             return work(lo, hi)
 
     with single_threaded_blas():
-        futures = [_pool["executor"].submit(in_worker, lo, hi) for lo, hi in slices]
+        futures = [executor.submit(in_worker, lo, hi) for lo, hi in slices]
         return [f.result() for f in futures]
 
 

@@ -23,8 +23,8 @@ by their GEMM from cache rather than memory: forward + backward 46 ms against 58
 for one slice per thread (medians, interleaved runs).
 
 The columns and the GEMM's product are scratch, never returned, so each worker
-keeps its buffers and reuses them: a fresh 58 MB buffer per call cost ~8 ms of page
-faults, half the time of the GEMM that fills it.
+keeps its buffers and reuses them (when the batch's 58 MB of columns was one buffer,
+a fresh one per call cost ~8 ms of page faults).
 """
 from __future__ import annotations
 

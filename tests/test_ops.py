@@ -183,6 +183,27 @@ def test_gelu_tanh_backward_left_tail(backend):
         assert_same(actual, expected, rtol, atol, f"gelu_backward tanh[{backend}]")
 
 
+# docs/api.md's float32 gelu accuracy: (x_split, bound right of it, bound down to -13)
+GELU_F32_RELATIVE_ERROR = {"numba": (-10, 6e-7, 1.2e-6), "cython": (-5, 1.5e-6, 1e-5)}
+
+
+@pytest.mark.parametrize("backend", [b for b in accelerated_backends() if b != "cuda"])
+def test_gelu_float32_relative_accuracy(backend):
+    """The float32 gelu's relative error against x Phi(x) from scipy's ndtr in float64
+    (not the reference, whose float64 1 + erf cancels left of x ~ -5) is the documented
+    one (PyTorch's: 17% at -5). The numba kernel once lost 4e-6 at -13 to the rounding of
+    x^2 in exp(-x^2 / 2). (cuda is left out: the simulator runs its erfc in float64.)"""
+    from scipy.special import ndtr
+
+    split, near, far = GELU_F32_RELATIVE_ERROR[backend]
+    x = np.linspace(-13, 6, 200_001).astype(np.float32)
+    exact = x.astype(np.float64) * ndtr(x.astype(np.float64))
+    with fastml.use_backend(backend):
+        relative = np.abs(layers.gelu(x) - exact) / np.abs(exact)
+    assert relative[x >= split].max() < near
+    assert relative.max() < far
+
+
 @pytest.mark.parametrize("backend", accelerated_backends())
 @pytest.mark.parametrize("n", [5, 15, 200])
 def test_norm_backward_infinite_grad_on_constant_rows(backend, n):

@@ -2118,6 +2118,7 @@ def _shifted_sums(a, k):
     s1 = 0.0
     s2 = 0.0
     for j in range(a.size):
+        _prefer_512()
         d = np.float64(a[j]) - k
         s1 += d
         s2 += d * d
@@ -2256,15 +2257,19 @@ def layer_norm(x, weight, bias, has_w, has_b, eps, out):
         inv = 1 / np.sqrt(var + eps)
         if has_w and has_b:
             for j in range(np.uint64(n)):
+                _prefer_512()
                 o[j] = (np.float64(xr[j]) - mean) * inv * weight[j] + bias[j]
         elif has_w:
             for j in range(np.uint64(n)):
+                _prefer_512()
                 o[j] = (np.float64(xr[j]) - mean) * inv * weight[j]
         elif has_b:
             for j in range(np.uint64(n)):
+                _prefer_512()
                 o[j] = (np.float64(xr[j]) - mean) * inv + bias[j]
         else:
             for j in range(np.uint64(n)):
+                _prefer_512()
                 o[j] = (np.float64(xr[j]) - mean) * inv
 
 

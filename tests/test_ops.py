@@ -116,10 +116,16 @@ def test_read_only_inputs(backend, row):
     check()
 
 
+LARGE_BACKENDS = [b for b in accelerated_backends() if not (b == "cuda" and simulator_enabled())]
+
+
 @functools.lru_cache(maxsize=1)
-def _large_args(op, dtype):
-    """Benchmark-sized inputs with NaN (and, outside preprocessing, +-inf) sprinkled in."""
+def _large_case(op):
+    """(dtype, args, the reference's result): benchmark-sized inputs with NaN (and,
+    outside preprocessing, +-inf) sprinkled in. Cached for the backends' tests of one op,
+    which run one after another (seconds per preprocessing op: 50M values)."""
     row = ROW_BY_OP[op]
+    dtype = np.float64 if op.startswith("preprocessing.") else np.float32
     args = (row.large or row.bench)(dtype)
     rng = np.random.default_rng(7)
     specials = [np.nan] if op.startswith("preprocessing.") else [np.nan, np.inf, -np.inf]
@@ -129,23 +135,26 @@ def _large_args(op, dtype):
             a = args[k] = a.copy()
             idx = rng.integers(0, a.size, a.size // 20000)
             a.reshape(-1)[idx] = rng.choice(specials, idx.size)
-    return args
+    with fastml.use_backend("numpy"):
+        expected = row.call(args)
+    return dtype, args, expected
 
 
+# backend innermost (the upper parametrize varies fastest): one op's tests share its case
+@pytest.mark.parametrize("backend", LARGE_BACKENDS)
 @pytest.mark.parametrize("row", [r for r in ROWS if r.bench], ids=lambda r: r.op)
-@pytest.mark.parametrize("backend", [b for b in accelerated_backends()
-                                     if not (b == "cuda" and simulator_enabled())])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # NaN / inf propagate silently
 def test_large_inputs(backend, row):
     """The paths small generated inputs never reach: parallel twins, vector blocks and
     their tails, the blocked log-sum-exp over 1000-long rows; worker threads (conv2d's
     batch slices) quiet NumPy's warnings as their caller does."""
-    dtype = np.float64 if row.op.startswith("preprocessing.") else np.float32
-    args = _large_args(row.op, dtype)
-    with fastml.use_backend("numpy"):
-        expected = row.call(args)
-    with fastml.use_backend(backend):
-        actual = row.call(args)
+    try:
+        dtype, args, expected = _large_case(row.op)
+        with fastml.use_backend(backend):
+            actual = row.call(args)
+    finally:
+        if backend == LARGE_BACKENDS[-1]:  # the op's last test: free its arrays
+            _large_case.cache_clear()
     rtol, atol = row.tolerance(dtype, row.reduction_size(args))
     assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 

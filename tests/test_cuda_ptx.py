@@ -136,8 +136,8 @@ def _signature(kinds, dtype):
     return tuple(table[k] for k in kinds)
 
 
-def _compile_all():
-    """Child process: compile every kernel, print one JSON report line."""
+def _compile_all(dtype):
+    """Child process: compile every kernel for dtype, print one JSON report line."""
     try:
         from numba import cuda
         from numba.cuda.cudadrv import nvvm
@@ -160,34 +160,47 @@ def _compile_all():
                                 if isinstance(v, CUDADispatcher) and not n.startswith("_")),
               "f64_kernels": sorted(k.F64_KERNELS), "results": {}}
     for name, kinds in KERNELS.items():
-        for dtype in ("float32", "float64"):
-            try:
-                ptx, _ = cuda.compile_ptx(getattr(k, name).py_func, _signature(kinds, dtype),
-                                          cc=(9, 0))
-                res = {"entry": ".entry" in ptx,
-                       "f64": [ln.strip() for ln in ptx.splitlines() if ".f64" in ln][:5]}
-            except Exception as exc:
-                res = {"error": repr(exc)[:2000]}
-            report["results"][f"{name}:{dtype}"] = res
+        try:
+            ptx, _ = cuda.compile_ptx(getattr(k, name).py_func, _signature(kinds, dtype),
+                                      cc=(9, 0))
+            res = {"entry": ".entry" in ptx,
+                   "f64": [ln.strip() for ln in ptx.splitlines() if ".f64" in ln][:5]}
+        except Exception as exc:
+            res = {"error": repr(exc)[:2000]}
+        report["results"][f"{name}:{dtype}"] = res
     print(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
 def ptx_report():
-    """Compile in a child process where the simulator is off (conftest turns it on here)."""
+    """Compile in child processes where the simulator is off (conftest turns it on here)."""
     import fastml
     src = os.path.dirname(os.path.dirname(os.path.abspath(fastml.__file__)))
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
                PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    code = f"import sys; sys.path.insert(0, {here!r}); import test_cuda_ptx; test_cuda_ptx._compile_all()"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=1200)
-    if proc.returncode != 0:
-        pytest.fail(f"PTX compilation process failed:\n{proc.stderr[-4000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(f"numba.cuda.compile_ptx unavailable: {report['skip']}")
+    # one child per dtype, side by side (NVVM is single-threaded; CI has 2 cores)
+    children = [subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import test_cuda_ptx; "
+                               "test_cuda_ptx._compile_all(%r)" % (here, dtype)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for dtype in ("float32", "float64")]
+    try:
+        outputs = [child.communicate(timeout=1200) for child in children]
+    finally:
+        for child in children:
+            child.kill()  # no-op for the finished ones
+    report = None
+    for child, (out, err) in zip(children, outputs):
+        if child.returncode != 0:
+            pytest.fail(f"PTX compilation process failed:\n{err[-4000:]}")
+        part = json.loads(out.strip().splitlines()[-1])
+        if "skip" in part:
+            pytest.skip(f"numba.cuda.compile_ptx unavailable: {part['skip']}")
+        if report is None:
+            report = part
+        else:
+            report["results"].update(part["results"])
     return report
 
 

@@ -3,8 +3,9 @@
 OpenMP is used when the compiler supports ``-fopenmp`` (gcc, clang with
 libomp); otherwise the extensions build without it and run serially.
 Set ``FASTML_CYTHON_DEBUG=1`` to compile with bounds and wraparound checks
-on (a CI-style safety net: an out-of-bounds index then raises IndexError
-instead of reading garbage).
+on, at -O1 (a CI-style safety net: an out-of-bounds index then raises
+IndexError instead of reading garbage). The extensions compile in parallel,
+one per core.
 """
 import glob
 import os

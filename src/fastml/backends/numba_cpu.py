@@ -319,9 +319,12 @@ class NumbaBackend(ReferenceBackend):
     def layer_norm(self, x, weight, bias, eps):
         out = np.empty_like(x)
         if out.size:
-            dummy = x[0]
-            _run(K.layer_norm, x.size, x, dummy if weight is None else weight,
-                 dummy if bias is None else bias, weight is not None, bias is not None,
+            # weight and bias in float64 (exact), as in the backward: the kernel's
+            # arithmetic is float64, and this saves converting them once per row
+            # (serial 2.4 -> 1.9 ms on 4096x1024 float32)
+            w64 = np.zeros(1) if weight is None else weight.astype(np.float64)
+            b64 = np.zeros(1) if bias is None else bias.astype(np.float64)
+            _run(K.layer_norm, x.size, x, w64, b64, weight is not None, bias is not None,
                  float(eps), out)
         return out
 

@@ -65,6 +65,25 @@ def _within_tolerance(actual, expected, rtol, atol, block=1 << 16):
     return True
 
 
+@pytest.mark.parametrize("actual", [
+    [1.1, np.nan, np.inf, -np.inf, 0.0],       # beyond tolerance
+    [1.0, 0.0, np.inf, -np.inf, 0.0],          # NaN expected, a number given
+    [np.nan, np.nan, np.inf, -np.inf, 0.0],    # a number expected, NaN given
+    [1.0, np.nan, -np.inf, -np.inf, 0.0],      # inf of the wrong sign
+    [1.0, np.nan, 1e308, -np.inf, 0.0],        # inf expected, finite given
+    [1.0, np.nan, np.inf, -np.inf, np.inf],    # finite expected, inf given
+])
+@pytest.mark.parametrize("block", [2, 1 << 16])
+def test_assert_same_fails_where_assert_allclose_does(actual, block):
+    """The block-wise fast path passes nothing that assert_allclose rejects."""
+    expected = np.array([1.0, np.nan, np.inf, -np.inf, 0.0])
+    actual = np.array(actual)
+    assert _within_tolerance(expected + 1e-9, expected, 1e-6, 1e-6, block)
+    assert not _within_tolerance(actual, expected, 1e-6, 1e-6, block)
+    with pytest.raises(AssertionError):
+        assert_same(actual, expected, 1e-6, 1e-6)
+
+
 def _snapshot(args):
     return {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
 

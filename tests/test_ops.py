@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -324,3 +326,28 @@ def test_conv2d_batch_slices(backend, threads, monkeypatch):
         fastml.set_num_threads(n0)
     rtol, atol = ROW_BY_OP["layers.conv2d_backward"].tolerance(np.float32, 7 * 5 * 9)
     assert_same(actual, expected, rtol, atol, f"conv2d slices[{backend}]")
+
+
+def test_conv2d_slices_use_at_most_num_threads():
+    """conv2d's batch slices run on get_num_threads() threads at most, also after a
+    call with more threads made a bigger worker pool; one thread is the caller's."""
+    from fastml.backends import _conv
+    n0 = fastml.get_num_threads()
+    ran_on = []
+
+    def work(lo, hi):
+        ran_on.append(threading.get_ident())
+        time.sleep(0.002)  # long enough for every worker to pick a slice
+        return lo
+
+    try:
+        for threads in (2, 1, 2):
+            fastml.set_num_threads(threads)
+            ran_on.clear()
+            assert _conv._over_batch(work, 8, _conv._SLICE_BYTES) == list(range(8))
+            if fastml.get_num_threads() == 1:
+                assert set(ran_on) == {threading.get_ident()}
+            else:
+                assert len(set(ran_on)) <= 2
+    finally:
+        fastml.set_num_threads(n0)

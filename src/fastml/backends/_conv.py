@@ -58,18 +58,18 @@ _SLICE_BYTES = 3 << 20  # a slice's columns: written by im2col, read back from c
 def _over_batch(work, n, sample_bytes):
     """``[work(lo, hi) for each slice]`` of a batch of n, in batch order: slices of
     about _SLICE_BYTES of columns (``sample_bytes`` per sample), at least one per thread,
-    run by the worker threads with single-threaded BLAS; a lone slice runs here, with
-    the BLAS pool."""
+    run by a pool of exactly that many worker threads with single-threaded BLAS; with
+    one thread, or a lone slice, they run here, with the BLAS pool."""
     k = min(get_num_threads(), n)
     if k == 0:
         return []
     per = max(1, min(-(-n // k), _SLICE_BYTES // max(sample_bytes, 1)))
     slices = [(lo, min(lo + per, n)) for lo in range(0, n, per)]
-    if len(slices) == 1:
-        limit_blas_threads()
+    if len(slices) == 1 or k == 1:
+        limit_blas_threads()  # one thread: BLAS bound to 1 as well
         return [work(lo, hi) for lo, hi in slices]
-    with _pool_lock:  # callers on several threads share one pool
-        if _pool["workers"] < k:
+    with _pool_lock:  # callers on several threads share one pool, of exactly k workers
+        if _pool["workers"] != k:
             if _pool["executor"] is not None:
                 _pool["executor"].shutdown(wait=False)
             _pool["executor"] = ThreadPoolExecutor(k, thread_name_prefix="fastml-conv")

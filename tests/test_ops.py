@@ -180,6 +180,32 @@ def test_large_inputs(backend, row):
     assert_same(actual, expected, rtol, atol, f"{row.op}[{backend}]")
 
 
+@pytest.mark.parametrize("backend", LARGE_BACKENDS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_layer_norm_fewer_rows_than_threads(backend, rows):
+    """Rows long enough for the parallel twins, and fewer than the threads on a machine
+    with 2+ cores: the row-chunked kernels get an empty chunk (which must skip its
+    first row's prologue, a read past the last row) and still give the reference's."""
+    rng = np.random.default_rng(5)
+    n = (1 << 18) // rows
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    g = rng.standard_normal((rows, n)).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    results = {}
+    n0 = fastml.get_num_threads()
+    try:
+        fastml.set_num_threads(4)
+        for name in ("numpy", backend):
+            with fastml.use_backend(name):
+                results[name] = (layers.layer_norm(x, n, w, b),
+                                 *layers.layer_norm_backward(g, x, n, w))
+    finally:
+        fastml.set_num_threads(n0)
+    rtol, atol = ROW_BY_OP["layers.layer_norm_backward"].tolerance(np.float32, n)
+    assert_same(results[backend], results["numpy"], rtol, atol, f"layer_norm[{backend}]")
+
+
 @pytest.mark.parametrize("backend", accelerated_backends())
 def test_bce_with_logits_far_negative_logits(backend):
     """Large negative logits and small targets: a fused multiply-add in the vector

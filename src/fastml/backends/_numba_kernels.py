@@ -2244,42 +2244,102 @@ def batch_norm_backward(g, x, weight, has_w, eps, sum_g, sum_gx, redo, out):
                 o[j] = kk * ((np.float64(gr[j]) - aa) - xh * bb)
 
 
+# layer_norm runs a chunk of rows per thread, row after row, each row's second pass
+# (from cache) fused into one loop with the next row's first pass (from memory): the
+# next row streams in while this one computes, instead of memory idling during the
+# compute. 4096x1024 float32, 2 threads, the unfused and fused kernels interleaved in
+# one process (two runs of 40 rounds): forward 0.84-0.90x and backward 0.74-0.87x the
+# time, outputs bit-identical. The last row of a chunk is its
+# own "next" row (its sums computed again, unused).
+@_sum_kernel
+def _layer_norm_row(xr, o, affine, weight, bias, mean, inv, xn, kn):
+    """o = (xr - mean) inv (times weight plus bias when affine) in float64, rounded
+    once; returns the next row xn's shifted sums (``_shifted_sums``). reassoc
+    (_sum_kernel) lets the sums vectorize."""
+    s1 = 0.0
+    s2 = 0.0
+    if affine:
+        for j in range(np.uint64(xr.size)):
+            _prefer_512()
+            d = np.float64(xn[j]) - kn
+            s1 += d
+            s2 += d * d
+            o[j] = (np.float64(xr[j]) - mean) * inv * weight[j] + bias[j]
+    else:
+        for j in range(np.uint64(xr.size)):
+            _prefer_512()
+            d = np.float64(xn[j]) - kn
+            s1 += d
+            s2 += d * d
+            o[j] = (np.float64(xr[j]) - mean) * inv
+    return s1, s2
+
+
 @twin
-def layer_norm(x, weight, bias, has_w, has_b, eps, out):
-    """Rows of x (rows, n >= 1) normalized (float64 stats, rounded once)."""
+def layer_norm(x, affine, weight, bias, eps, out, nchunks):
+    """Rows of x (rows, n >= 1) normalized (float64 stats, rounded once); with affine,
+    times weight plus bias, float64 (n,) (ones or zeros for the one not given)."""
     rows, n = x.shape
     m = np.float64(n)
-    for r in prange(rows):
-        xr, o = x[r], out[r]
-        k = _first_finite(xr)
-        s1, s2 = _shifted_sums(xr, k)
-        mean, var = _mean_var(k, s1, s2, m)
-        inv = 1 / np.sqrt(var + eps)
-        if has_w and has_b:
-            for j in range(np.uint64(n)):
-                _prefer_512()
-                o[j] = (np.float64(xr[j]) - mean) * inv * weight[j] + bias[j]
-        elif has_w:
-            for j in range(np.uint64(n)):
-                _prefer_512()
-                o[j] = (np.float64(xr[j]) - mean) * inv * weight[j]
-        elif has_b:
-            for j in range(np.uint64(n)):
-                _prefer_512()
-                o[j] = (np.float64(xr[j]) - mean) * inv + bias[j]
-        else:
-            for j in range(np.uint64(n)):
-                _prefer_512()
-                o[j] = (np.float64(xr[j]) - mean) * inv
+    for k in prange(nchunks):
+        lo, hi = _chunk(rows, nchunks, k)
+        if hi <= lo:
+            continue
+        sh = _first_finite(x[lo])
+        s1, s2 = _shifted_sums(x[lo], sh)
+        for r in range(lo, hi):
+            mean, var = _mean_var(sh, s1, s2, m)
+            inv = 1 / np.sqrt(var + eps)
+            nxt = r + 1 if r + 1 < hi else r
+            sh = _first_finite(x[nxt])
+            s1, s2 = _layer_norm_row(x[r], out[r], affine, weight, bias, mean, inv, x[nxt],
+                                     sh)
+
+
+@_sum_kernel
+def _layer_norm_backward_row(gr, xr, o, weight, has_w, accw, accb, mu, inv, aa, bb, gn, xn,
+                             kn):
+    """o = invstd (gw - mean(gw) - xhat mean(gw xhat)) of one row (aa, bb the two
+    means) in float64, rounded once, and with weight its (g xhat, g) added to accw,
+    accb; returns the next row's shifted sums (``_shifted_sums_gw``)."""
+    s1 = 0.0
+    s2 = 0.0
+    sg = 0.0
+    sgx = 0.0
+    if has_w:
+        for j in range(np.uint64(xr.size)):
+            _prefer_512()
+            d = np.float64(xn[j]) - kn
+            gwn = np.float64(gn[j]) * weight[j]
+            s1 += d
+            s2 += d * d
+            sg += gwn
+            sgx += gwn * d
+            gj = np.float64(gr[j])
+            xh = (np.float64(xr[j]) - mu) * inv
+            o[j] = inv * ((gj * weight[j] - aa) - xh * bb)
+            accw[j] += gj * xh
+            accb[j] += gj
+    else:
+        for j in range(np.uint64(xr.size)):
+            _prefer_512()
+            d = np.float64(xn[j]) - kn
+            gn64 = np.float64(gn[j])
+            s1 += d
+            s2 += d * d
+            sg += gn64
+            sgx += gn64 * d
+            o[j] = inv * ((np.float64(gr[j]) - aa) - (np.float64(xr[j]) - mu) * inv * bb)
+    return s1, s2, sg, sgx
 
 
 @twin
 def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
-    """Rows of x, grad_out (rows, n >= 1), in float64: one read pass for mean,
-    variance, sum(gw) and sum(gw (x - k)) (gw = g * weight), then grad_x =
-    invstd (gw - mean(gw) - xhat mean(gw xhat)) from cache, rounded once, and
-    with weight the column sums (g xhat, g) per chunk of rows, merged in chunk
-    order: returns (gw, gb) in float64. weight is float64 (the caller converts it).
+    """Rows of x, grad_out (rows, n >= 1), in float64: a read pass for mean, variance,
+    sum(gw) and sum(gw (x - k)) (gw = g * weight), then grad_x = invstd (gw - mean(gw)
+    - xhat mean(gw xhat)) from cache, rounded once, and the column sums (g xhat, g)
+    with weight per chunk of rows, merged in chunk order: returns them in float64.
+    weight is float64 (n,), ones without the affine map (the caller converts it).
 
     A row whose gw sums are not finite while x's statistics are gets
     redo = True and is left to the caller (see ``batch_norm_backward``)."""
@@ -2289,35 +2349,24 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
     pb = np.zeros((nchunks, n if has_w else 0))
     for k in prange(nchunks):
         lo, hi = _chunk(rows, nchunks, k)
-        accw, accb = pw[k], pb[k]
+        if hi <= lo:
+            continue
+        sh = _first_finite(x[lo])
+        s1, s2, sg, sgx = _shifted_sums_gw(x[lo], g[lo], weight, sh)
         for r in range(lo, hi):
-            xr, gr, o = x[r], g[r], out[r]
-            sh = _first_finite(xr)
-            if has_w:
-                s1, s2, sg, sgx = _shifted_sums_gw(xr, gr, weight, sh)
-            else:
-                s1, s2, sg, sgx = _shifted_sums_g(xr, gr, sh)
             mu, var = _mean_var(sh, s1, s2, m)
             inv = 1 / np.sqrt(var + eps)
             bad = not (sg - sg == 0 and sgx - sgx == 0) and mu - mu == 0 and var - var == 0
             redo[r] = bad
+            nxt = r + 1 if r + 1 < hi else r
+            shn = _first_finite(x[nxt])
             if bad:
-                continue
-            aa = sg / m
-            bb = inv * (sgx - (s1 / m) * sg) / m
-            if has_w:
-                for j in range(np.uint64(n)):
-                    _prefer_512()
-                    gj = np.float64(gr[j])
-                    xh = (np.float64(xr[j]) - mu) * inv
-                    o[j] = inv * ((gj * weight[j] - aa) - xh * bb)
-                    accw[j] += gj * xh
-                    accb[j] += gj
+                s1, s2, sg, sgx = _shifted_sums_gw(x[nxt], g[nxt], weight, shn)
             else:
-                for j in range(np.uint64(n)):
-                    _prefer_512()
-                    xh = (np.float64(xr[j]) - mu) * inv
-                    o[j] = inv * ((np.float64(gr[j]) - aa) - xh * bb)
+                s1, s2, sg, sgx = _layer_norm_backward_row(
+                    g[r], x[r], out[r], weight, has_w, pw[k], pb[k], mu, inv, sg / m,
+                    inv * (sgx - (s1 / m) * sg) / m, g[nxt], x[nxt], shn)
+            sh = shn
     gw_total = pw[0].copy()
     gb_total = pb[0].copy()
     for k in range(1, nchunks):

@@ -354,6 +354,42 @@ def test_conv2d_batch_slices(backend, threads, monkeypatch):
     assert_same(actual, expected, rtol, atol, f"conv2d slices[{backend}]")
 
 
+# (x shape, kernel size, padding, dilation) with stride 1 and the output as wide as
+# the input: the im2col / col2im flat-shift path. Taller and shorter outputs (ph != pw),
+# kernel columns wholly in the padding (2 wide, kw 5), one-pixel planes.
+SAME_WIDTH = [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((1, 2, 5, 5), (1, 1), (0, 0), (1, 1)),
+              ((2, 2, 6, 7), (3, 5), (0, 2), (1, 1)), ((1, 3, 4, 5), (2, 3), (3, 1), (1, 1)),
+              ((1, 2, 9, 8), (3, 3), (2, 2), (2, 2)), ((2, 1, 3, 2), (5, 5), (2, 2), (1, 1)),
+              ((1, 2, 1, 1), (3, 3), (1, 1), (1, 1)), ((1, 1, 2, 4), (1, 3), (4, 1), (1, 1))]
+
+
+@pytest.mark.parametrize("backend", [b for b in accelerated_backends() if b != "cuda"])
+@pytest.mark.parametrize("case", SAME_WIDTH, ids=str)
+def test_conv2d_same_width(backend, case):
+    """Stride 1, output as wide as the input, with NaN and inf in x and grad_out:
+    conv2d and its backward equal the reference's."""
+    shape, ksize, padding, dilation = case
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 2)] = [np.nan, np.inf]
+    w = rng.standard_normal((3, shape[1], *ksize)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    args = {"padding": padding, "dilation": dilation}
+    with fastml.use_backend("numpy"):
+        y = layers.conv2d(x, w, b, **args)
+        assert y.shape[3] == shape[3]
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        g.reshape(-1)[rng.integers(0, g.size, 1)] = -np.inf
+        expected = (y, *layers.conv2d_backward(g, x, w, **args, has_bias=True))
+    with fastml.use_backend(backend):
+        actual = (layers.conv2d(x, w, b, **args),
+                  *layers.conv2d_backward(g, x, w, **args, has_bias=True))
+    row = ROW_BY_OP["layers.conv2d_backward"]
+    rtol, atol = row.tolerance(np.float32, row.reduction_size(
+        {"grad_out": g, "x": x, "weight": w, **args}))
+    assert_same(actual, expected, rtol, atol, f"conv2d{case}[{backend}]")
+
+
 def test_conv2d_slices_use_at_most_num_threads():
     """conv2d's batch slices run on get_num_threads() threads at most, also after a
     call with more threads made a bigger worker pool; one thread is the caller's."""

@@ -73,13 +73,47 @@ cdef inline Py_ssize_t _conv_out(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py
 
 
 # ------------------------------------------------------------------ im2col / col2im
+# Stride 1 with Wo == W ("same" width): a column row is its plane shifted flat by
+# roff W + coff, except the entries whose ow + coff falls outside [0, W) (the shift
+# wraps them into the neighbouring image row): one long memcpy (or add) per column
+# row, then those few entries zeroed, instead of one short copy per output row.
+cdef inline void _flat_range(Py_ssize_t shift, Py_ssize_t oh0, Py_ssize_t oh1,
+                             Py_ssize_t W, Py_ssize_t HW, Py_ssize_t* a,
+                             Py_ssize_t* e) noexcept nogil:
+    """[a, e): the entries of the output rows [oh0, oh1) whose flat source d + shift
+    lies in the plane [0, HW) (the rest of those rows maps to padding)."""
+    cdef Py_ssize_t lo = oh0 * W, hi = oh1 * W
+    if -shift > lo:
+        lo = -shift
+    if lo > hi:
+        lo = hi
+    if HW - shift < hi:
+        hi = HW - shift
+    if hi < lo:
+        hi = lo
+    a[0] = lo
+    e[0] = hi
+
+
+cdef inline void _zero_outside(floating* row, Py_ssize_t oh0, Py_ssize_t oh1, Py_ssize_t W,
+                               Py_ssize_t ow0, Py_ssize_t ow1) noexcept nogil:
+    """row[oh W + ow] = 0 for ow outside [ow0, ow1), in the output rows [oh0, oh1)."""
+    cdef Py_ssize_t oh, ow
+    for oh in range(oh0, oh1):
+        for ow in range(ow0):
+            row[oh * W + ow] = 0
+        for ow in range(ow1, W):
+            row[oh * W + ow] = 0
+
+
 cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
     """The kh kw column rows of one (H, W) plane, each Ho Wo long and rs apart, every
     element written."""
-    cdef Py_ssize_t L = Ho * Wo, i, j, oh, ow, oh0, oh1, ow0, ow1, roff, coff
+    cdef Py_ssize_t L = Ho * Wo, i, j, oh, ow, oh0, oh1, ow0, ow1, roff, coff, a, e
+    cdef bint flat = sh == 1 and sw == 1 and Wo == W
     cdef floating* dst
     cdef floating* d
     cdef const floating* src
@@ -90,6 +124,13 @@ cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssiz
             coff = j * dw - pw
             _out_range(coff, sw, W, Wo, &ow0, &ow1)
             dst = cols + (i * kw + j) * rs
+            if flat:
+                _flat_range(roff * W + coff, oh0, oh1, W, H * W, &a, &e)
+                memset(dst, 0, a * sizeof(floating))
+                memcpy(dst + a, x + a + roff * W + coff, (e - a) * sizeof(floating))
+                memset(dst + e, 0, (L - e) * sizeof(floating))
+                _zero_outside(dst, oh0, oh1, W, ow0, ow1)
+                continue
             if oh0 > 0:
                 memset(dst, 0, oh0 * Wo * sizeof(floating))
             for oh in range(oh0, oh1):
@@ -135,15 +176,18 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geome
                       kh, kw, sh, sw, ph, pw, dh, dw, N * L)
 
 
-cdef void _col2im_plane(const floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
+cdef void _col2im_plane(floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
     """g (H, W) = the sum of the plane's kh kw column rows (rs apart) scattered back,
-    added (as the reference's col2im) for i, then j, in order."""
-    cdef Py_ssize_t L = Ho * Wo, i, j, oh, t, cnt, oh0, oh1, ow0, ow1, roff, coff
+    added (as the reference's col2im) for i, then j, in order. On the flat path the
+    rows' entries that map to padding are zeroed first (adding +0.0 changes no sum)."""
+    cdef Py_ssize_t L = Ho * Wo, i, j, oh, t, cnt, oh0, oh1, ow0, ow1, roff, coff, a, e
+    cdef bint flat = sh == 1 and sw == 1 and Wo == W
     cdef const floating* src
     cdef floating* d
+    cdef floating* row
     memset(g, 0, H * W * sizeof(floating))
     for i in range(kh):
         roff = i * dh - ph
@@ -153,6 +197,14 @@ cdef void _col2im_plane(const floating* cols, floating* g, Py_ssize_t H, Py_ssiz
             _out_range(coff, sw, W, Wo, &ow0, &ow1)
             cnt = ow1 - ow0
             if cnt <= 0:
+                continue
+            if flat:
+                row = cols + (i * kw + j) * rs
+                _zero_outside(row, oh0, oh1, W, ow0, ow1)
+                _flat_range(roff * W + coff, oh0, oh1, W, H * W, &a, &e)
+                d = g + a + roff * W + coff
+                for t in range(e - a):
+                    d[t] += row[a + t]
                 continue
             for oh in range(oh0, oh1):
                 src = cols + (i * kw + j) * rs + oh * Wo + ow0
@@ -165,10 +217,11 @@ cdef void _col2im_plane(const floating* cols, floating* g, Py_ssize_t H, Py_ssiz
                         d[t * sw] += src[t]
 
 
-def col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geometry,
+def col2im(floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geometry,
            int num_threads):
     """The transpose of im2col: grad_x (N, C, H, W) is overwritten with the sum of the
-    column entries mapping to each pixel (padding entries dropped), in cols' dtype."""
+    column entries mapping to each pixel (padding entries dropped), in cols' dtype.
+    cols is scratch: its entries that map to padding may be zeroed."""
     cdef Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
@@ -180,7 +233,7 @@ def col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple 
     if P == 0 or H == 0 or W == 0:
         return
     cdef floating* gp = &grad_x[0, 0, 0, 0]
-    cdef const floating* cp = NULL
+    cdef floating* cp = NULL
     if L == 0:
         memset(gp, 0, P * H * W * sizeof(floating))
         return

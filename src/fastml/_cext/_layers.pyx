@@ -151,14 +151,14 @@ cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssiz
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geometry,
            int num_threads):
-    """cols[(c kh + i) kw + j, n, oh Wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
-    (0 in the padding); every element of cols (C kh kw, N, Ho Wo) is written."""
+    """cols[n, (c kh + i) kw + j, oh Wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); every element of cols (N, C kh kw, Ho Wo) is written."""
     cdef Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Ho = _conv_out(H, kh, sh, ph, dh), Wo = _conv_out(W, kw, sw, pw, dw)
-    cdef Py_ssize_t K = cols.shape[0], L = cols.shape[2], P = N * C, p, n, c
-    if Ho * Wo != L or C * kh * kw != K or cols.shape[1] != N:
+    cdef Py_ssize_t K = cols.shape[1], L = cols.shape[2], P = N * C, p, n, c
+    if Ho * Wo != L or C * kh * kw != K or cols.shape[0] != N:
         raise ValueError("im2col: columns of the wrong shape")
     if P == 0 or L == 0:
         return
@@ -172,8 +172,8 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geome
                     use_threads_if=P > 1 and P * kh * kw * L >= PAR_MIN_WORK):
         n = p // C
         c = p - n * C
-        _im2col_plane(xp + p * H * W, cp + (c * kh * kw * N + n) * L, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw, N * L)
+        _im2col_plane(xp + p * H * W, cp + (n * K + c * kh * kw) * L, H, W, Ho, Wo,
+                      kh, kw, sh, sw, ph, pw, dh, dw, L)
 
 
 cdef void _col2im_plane(floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
@@ -227,8 +227,8 @@ def col2im(floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geomet
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
     cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
     cdef Py_ssize_t Ho = _conv_out(H, kh, sh, ph, dh), Wo = _conv_out(W, kw, sw, pw, dw)
-    cdef Py_ssize_t K = cols.shape[0], L = cols.shape[2], P = N * C, p, n, c
-    if Ho * Wo != L or C * kh * kw != K or cols.shape[1] != N:
+    cdef Py_ssize_t K = cols.shape[1], L = cols.shape[2], P = N * C, p, n, c
+    if Ho * Wo != L or C * kh * kw != K or cols.shape[0] != N:
         raise ValueError("col2im: columns of the wrong shape")
     if P == 0 or H == 0 or W == 0:
         return
@@ -242,8 +242,8 @@ def col2im(floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geomet
                     use_threads_if=P > 1 and P * kh * kw * L >= PAR_MIN_WORK):
         n = p // C
         c = p - n * C
-        _col2im_plane(cp + (c * kh * kw * N + n) * L, gp + p * H * W, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw, N * L)
+        _col2im_plane(cp + (n * K + c * kh * kw) * L, gp + p * H * W, H, W, Ho, Wo,
+                      kh, kw, sh, sw, ph, pw, dh, dw, L)
 
 
 # ---------------------------------------------------------------------- pooling

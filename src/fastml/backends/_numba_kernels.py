@@ -1941,8 +1941,8 @@ def _col2im_flat(row, flat, h, w, ho, rshift, off, lo, hi):
 
 @twin
 def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """cols[(c kh + i) kw + j, n, oh wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
-    (0 in the padding); every element of cols (C kh kw, N, Ho Wo) written."""
+    """cols[n, (c kh + i) kw + j, oh wo + ow] = xpad[n, c, oh sh + i dh, ow sw + j dw]
+    (0 in the padding); every element of cols (N, C kh kw, Ho Wo) written."""
     n, c, h, w = x.shape
     zero = x.dtype.type(0)
     flat_shift = sh == 1 and sw == 1 and wo == w
@@ -1953,7 +1953,7 @@ def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
         xflat = xp.reshape(h * w)
         for i in range(kh):
             for j in range(kw):
-                row = cols[(ch * kh + i) * kw + j, b]
+                row = cols[b, (ch * kh + i) * kw + j]
                 off = j * dw - pw
                 lo, hi = _valid_cols(off, sw, w, wo)
                 if flat_shift:
@@ -1998,7 +1998,7 @@ def col2im(cols, grad, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
             flat[t] = zero
         for i in range(kh):
             for j in range(kw):
-                row = cols[(ch * kh + i) * kw + j, b]
+                row = cols[b, (ch * kh + i) * kw + j]
                 off = j * dw - pw
                 lo, hi = _valid_cols(off, sw, w, wo)
                 if hi <= lo:

@@ -693,7 +693,7 @@ class NumbaBackend(ReferenceBackend):
 
 
 def _im2col(x, cols, geometry):
-    """``_conv``'s im2col: fills every element of cols (C kh kw, N, Ho Wo)."""
+    """``_conv``'s im2col: fills every element of cols (N, C kh kw, Ho Wo)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = conv_output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     if cols.size:  # serial: _conv runs one batch slice per thread

@@ -207,6 +207,28 @@ def test_layer_norm_fewer_rows_than_threads(backend, rows):
 
 
 @pytest.mark.parametrize("backend", accelerated_backends())
+@pytest.mark.parametrize("affine", ["weight", "bias", "both", "none"])
+@pytest.mark.parametrize("shape", [(3, 7), (2, 1 << 17)], ids=["small", "parallel"])
+def test_layer_norm_affine_variants(backend, affine, shape):
+    """weight without bias and bias without weight (the generated cases give a bias only
+    with a weight): the kernels fill the missing one with ones or zeros. (The long rows
+    reach the CPU backends' parallel twins; on the cuda simulator they only cost time.)"""
+    if backend == "cuda" and simulator_enabled() and shape[1] > 7:
+        pytest.skip("long rows take seconds on the CUDA simulator")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    n = shape[1]
+    w = rng.standard_normal(n).astype(np.float32) if affine in ("weight", "both") else None
+    b = rng.standard_normal(n).astype(np.float32) if affine in ("bias", "both") else None
+    with fastml.use_backend("numpy"):
+        expected = layers.layer_norm(x, n, w, b)
+    with fastml.use_backend(backend):
+        actual = layers.layer_norm(x, n, w, b)
+    rtol, atol = ROW_BY_OP["layers.layer_norm"].tolerance(np.float32, n)
+    assert_same(actual, expected, rtol, atol, f"layer_norm {affine}[{backend}]")
+
+
+@pytest.mark.parametrize("backend", accelerated_backends())
 def test_bce_with_logits_far_negative_logits(backend):
     """Large negative logits and small targets: a fused multiply-add in the vector
     loops once moved these float32 losses 4e-6 from the reference (above tolerance)."""

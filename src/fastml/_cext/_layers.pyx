@@ -109,8 +109,8 @@ cdef inline void _zero_outside(floating* row, Py_ssize_t oh0, Py_ssize_t oh1, Py
 cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
-    """The kh kw column rows of one (H, W) plane, each Ho Wo long and rs apart, every
+                        Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """The kh kw consecutive column rows of one (H, W) plane, each Ho Wo long, every
     element written."""
     cdef Py_ssize_t L = Ho * Wo, i, j, oh, ow, oh0, oh1, ow0, ow1, roff, coff, a, e
     cdef bint flat = sh == 1 and sw == 1 and Wo == W
@@ -123,7 +123,7 @@ cdef void _im2col_plane(const floating* x, floating* cols, Py_ssize_t H, Py_ssiz
         for j in range(kw):
             coff = j * dw - pw
             _out_range(coff, sw, W, Wo, &ow0, &ow1)
-            dst = cols + (i * kw + j) * rs
+            dst = cols + (i * kw + j) * L
             if flat:
                 _flat_range(roff * W + coff, oh0, oh1, W, H * W, &a, &e)
                 memset(dst, 0, a * sizeof(floating))
@@ -173,14 +173,14 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols, tuple geome
         n = p // C
         c = p - n * C
         _im2col_plane(xp + p * H * W, cp + (n * K + c * kh * kw) * L, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw, L)
+                      kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 cdef void _col2im_plane(floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rs) noexcept nogil:
-    """g (H, W) = the sum of the plane's kh kw column rows (rs apart) scattered back,
+                        Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """g (H, W) = the sum of the plane's kh kw consecutive column rows scattered back,
     added (as the reference's col2im) for i, then j, in order. On the flat path the
     rows' entries that map to padding are zeroed first (adding +0.0 changes no sum)."""
     cdef Py_ssize_t L = Ho * Wo, i, j, oh, t, cnt, oh0, oh1, ow0, ow1, roff, coff, a, e
@@ -199,7 +199,7 @@ cdef void _col2im_plane(floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
             if cnt <= 0:
                 continue
             if flat:
-                row = cols + (i * kw + j) * rs
+                row = cols + (i * kw + j) * L
                 _zero_outside(row, oh0, oh1, W, ow0, ow1)
                 _flat_range(roff * W + coff, oh0, oh1, W, H * W, &a, &e)
                 d = g + a + roff * W + coff
@@ -207,7 +207,7 @@ cdef void _col2im_plane(floating* cols, floating* g, Py_ssize_t H, Py_ssize_t W,
                     d[t] += row[a + t]
                 continue
             for oh in range(oh0, oh1):
-                src = cols + (i * kw + j) * rs + oh * Wo + ow0
+                src = cols + (i * kw + j) * L + oh * Wo + ow0
                 d = g + (oh * sh + roff) * W + (ow0 * sw + coff)
                 if sw == 1:
                     for t in range(cnt):
@@ -243,7 +243,7 @@ def col2im(floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geomet
         n = p // C
         c = p - n * C
         _col2im_plane(cp + (n * K + c * kh * kw) * L, gp + p * H * W, H, W, Ho, Wo,
-                      kh, kw, sh, sw, ph, pw, dh, dw, L)
+                      kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 # ---------------------------------------------------------------------- pooling

@@ -246,6 +246,116 @@ def col2im(floating[:, :, ::1] cols, floating[:, :, :, ::1] grad_x, tuple geomet
                       kh, kw, sh, sw, ph, pw, dh, dw)
 
 
+# --------------------------------------------------- Winograd F(2x2, 3x3) transforms
+cdef extern from "_winograd.h" nogil:
+    void fastml_winograd_input_f32(const float* x, Py_ssize_t nb, Py_ssize_t nc,
+                                   Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw,
+                                   Py_ssize_t th, Py_ssize_t s, float* v, float* scratch)
+    void fastml_winograd_input_f64(const double* x, Py_ssize_t nb, Py_ssize_t nc,
+                                   Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw,
+                                   Py_ssize_t th, Py_ssize_t s, double* v, double* scratch)
+    int fastml_winograd_output_f32(const float* m, Py_ssize_t nb, Py_ssize_t no,
+                                   Py_ssize_t ho, Py_ssize_t wo, const float* bias, float* out,
+                                   float* scratch)
+    int fastml_winograd_output_f64(const double* m, Py_ssize_t nb, Py_ssize_t no,
+                                   Py_ssize_t ho, Py_ssize_t wo, const double* bias,
+                                   double* out, double* scratch)
+    void fastml_winograd_grad_output_f32(const float* g, Py_ssize_t nb, Py_ssize_t no,
+                                         Py_ssize_t ho, Py_ssize_t wo, float* pg,
+                                         float* scratch)
+    void fastml_winograd_grad_output_f64(const double* g, Py_ssize_t nb, Py_ssize_t no,
+                                         Py_ssize_t ho, Py_ssize_t wo, double* pg,
+                                         double* scratch)
+
+
+cdef Py_ssize_t _winograd_tiles(Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t nb, Py_ssize_t k,
+                                tuple shape, str name) except -1:
+    """Tiles per plane, th s (th = ceil(ho / 2) rows of s = ceil(wo / 2) + 1), after
+    checking that the transformed array's shape is (16, k, nb th s)."""
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{name}: output plane {ho}x{wo} is empty")
+    cdef Py_ssize_t tt = ((ho + 1) // 2) * ((wo + 1) // 2 + 1)
+    if shape[:3] != (16, k, nb * tt):
+        raise ValueError(f"{name}: transformed tiles of shape {shape[:3]}, "
+                         f"expected {(16, k, nb * tt)}")
+    return tt
+
+
+cdef void* _scratch(Py_ssize_t n, size_t itemsize) except NULL:
+    cdef void* p = malloc(max(n, 1) * itemsize)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+def winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t ph, Py_ssize_t pw,
+                   floating[:, :, ::1] v):
+    """v (16, C, N th s): Bᵀ d B for every 4x4 window d (stride 2) of x (N, C, H, W)
+    padded by (ph, pw) in 0..2, one per 2x2 tile of the 3x3 convolution's output
+    (backends/_conv.py gives the tile layout)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    if not (0 <= ph <= 2 and 0 <= pw <= 2):
+        raise ValueError(f"winograd_input: padding ({ph}, {pw}) outside 0..2")
+    cdef Py_ssize_t ho = H + 2 * ph - 2, wo = W + 2 * pw - 2
+    _winograd_tiles(ho, wo, N, C, tuple(v.shape), "winograd_input")
+    cdef Py_ssize_t th = (ho + 1) // 2, s = (wo + 1) // 2 + 1
+    if N == 0 or C == 0:
+        return
+    cdef floating* scratch = <floating*>_scratch(4 * (th + 1) * s + 4 * ((th + 1) * s + 1),
+                                                sizeof(floating))
+    with nogil:
+        if floating is float:
+            fastml_winograd_input_f32(&x[0, 0, 0, 0], N, C, H, W, ph, pw, th, s, &v[0, 0, 0],
+                                      scratch)
+        else:
+            fastml_winograd_input_f64(&x[0, 0, 0, 0], N, C, H, W, ph, pw, th, s, &v[0, 0, 0],
+                                      scratch)
+    free(scratch)
+
+
+def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
+                    floating[:, :, :, ::1] out):
+    """out (N, O, Ho, Wo) = Aᵀ M A (+ bias[o], bias None or (O,)) for every tile of m
+    (16, O, N th s); whether every value computed (the tiles' junk column's too) is
+    finite."""
+    cdef Py_ssize_t N = out.shape[0], O = out.shape[1], ho = out.shape[2], wo = out.shape[3]
+    _winograd_tiles(ho, wo, N, O, tuple(m.shape), "winograd_output")
+    if bias is not None and bias.shape[0] != O:
+        raise ValueError(f"winograd_output: bias of length {bias.shape[0]}, expected {O}")
+    if N == 0 or O == 0:
+        return True
+    cdef Py_ssize_t th = (ho + 1) // 2, s = (wo + 1) // 2 + 1
+    cdef const floating* bp = NULL if bias is None else &bias[0]
+    cdef floating* scratch = <floating*>_scratch(4 * th * s, sizeof(floating))
+    cdef int finite
+    with nogil:
+        if floating is float:
+            finite = fastml_winograd_output_f32(&m[0, 0, 0], N, O, ho, wo, bp,
+                                                &out[0, 0, 0, 0], scratch)
+        else:
+            finite = fastml_winograd_output_f64(&m[0, 0, 0], N, O, ho, wo, bp,
+                                                &out[0, 0, 0, 0], scratch)
+    free(scratch)
+    return finite != 0
+
+
+def winograd_grad_output(const floating[:, :, :, ::1] g, floating[:, :, ::1] pg):
+    """pg (16, O, N th s) = A γ Aᵀ for every 2x2 tile γ of g (N, O, Ho, Wo) (zero past
+    the plane's edge, and on each row's junk tile): grad_weight's transform."""
+    cdef Py_ssize_t N = g.shape[0], O = g.shape[1], ho = g.shape[2], wo = g.shape[3]
+    _winograd_tiles(ho, wo, N, O, tuple(pg.shape), "winograd_grad_output")
+    if N == 0 or O == 0:
+        return
+    cdef Py_ssize_t th = (ho + 1) // 2, s = (wo + 1) // 2 + 1
+    cdef floating* scratch = <floating*>_scratch(4 * th * s + 4 * th * s, sizeof(floating))
+    with nogil:
+        if floating is float:
+            fastml_winograd_grad_output_f32(&g[0, 0, 0, 0], N, O, ho, wo, &pg[0, 0, 0], scratch)
+        else:
+            fastml_winograd_grad_output_f64(&g[0, 0, 0, 0], N, O, ho, wo, &pg[0, 0, 0], scratch)
+    free(scratch)
+
+
 # ---------------------------------------------------------------------- pooling
 cdef inline void _clip(Py_ssize_t o, Py_ssize_t s, Py_ssize_t p, Py_ssize_t k, Py_ssize_t L,
                        Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:

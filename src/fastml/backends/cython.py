@@ -83,6 +83,10 @@ def _col2im(cols, grad_x, geometry):
     _layers.col2im(cols, grad_x, geometry, 1)
 
 
+_WINOGRAD = _conv.Winograd(_layers.winograd_input, _layers.winograd_output,
+                           _layers.winograd_grad_output)
+
+
 class CythonBackend(ReferenceBackend):
     name = "cython"
 
@@ -175,12 +179,12 @@ class CythonBackend(ReferenceBackend):
     # ------------------------------------------------------------ convolution
     @op("layers")  # quiet NumPy's matmul warnings on NaN/inf, as the reference
     def conv2d(self, x, weight, bias, stride, padding, dilation):
-        return _conv.conv2d(_im2col, x, weight, bias, stride, padding, dilation)
+        return _conv.conv2d(_im2col, x, weight, bias, stride, padding, dilation, _WINOGRAD)
 
     @op("layers")
     def conv2d_backward(self, grad_out, x, weight, stride, padding, dilation, has_bias):
         return _conv.conv2d_backward(_im2col, _col2im, grad_out, x, weight, stride, padding,
-                                     dilation, has_bias)
+                                     dilation, has_bias, _WINOGRAD)
 
     # ---------------------------------------------------------------- pooling
     @op("layers")

@@ -11,7 +11,8 @@ against PyTorch's (torch median / best median; above 1 is faster).
 pytest-benchmark runs one backend's rounds back to back, then the next one's: on a
 noisy machine its ratios also measure how the machine changed in between (PyTorch's
 layer_norm forward + backward took 4.5 to 14 ms in runs of one day). Quote these
-ratios beside pytest-benchmark's. Needs PyTorch.
+ratios beside pytest-benchmark's. Needs PyTorch. The first line says which BLAS
+kernels NumPy runs (see :func:`blas_line`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ def summary(case, medians, peer="torch"):
     best = min(v for name, v in medians.items() if name != peer)
     cells = " ".join(f"{name} {v * 1e3:.3f}" for name, v in medians.items())
     return f"{case:12} {cells}  best / {peer}: {medians[peer] / best:.2f}x"
+
+
+def blas_line():
+    """Which BLAS kernels NumPy's GEMMs (im2col, Winograd) run: an OPENBLAS_CORETYPE
+    set in the environment can pin OpenBLAS to older ones (AVX2 'Haswell' on an
+    AVX-512 machine: half the GEMM speed), which PyTorch's MKL / oneDNN ignore."""
+    import numpy  # noqa: F401 (loads its BLAS for threadpoolctl to see)
+    from threadpoolctl import threadpool_info
+    kernels = ", ".join(f"{i['internal_api']} {i.get('architecture') or ''}".strip()
+                        for i in threadpool_info() if i["user_api"] == "blas")
+    pinned = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+              if k in os.environ}
+    return f"NumPy BLAS: {kernels}" + (f" (pinned by {pinned})" if pinned else "")
 
 
 def main(argv=None):
@@ -42,6 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b in fastml.available_backends()]
     torch.set_num_threads(fastml.get_num_threads())
+    print(blas_line(), flush=True)
 
     def tensor(a, grad=False):
         return torch.from_numpy(a).requires_grad_(grad)

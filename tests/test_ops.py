@@ -246,18 +246,20 @@ def test_bce_with_logits_far_negative_logits(backend):
 
 
 @pytest.mark.parametrize("backend", accelerated_backends())
-def test_gelu_tanh_backward_left_tail(backend):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_tanh_backward_left_tail(backend, dtype):
     """Left of x ~ -5 the tanh approximation's 1 + tanh(u) cancels; a few-ulp float32
     path once turned the reference's tiny nonzero derivative into 0, so an infinite
     grad_out gave NaN instead of -inf (found by hypothesis at x = -7.125). (A huge finite
-    grad_out is no test: there the reference's own 1 + tanh(u) has two correct digits.)"""
-    x = np.linspace(-7.18, -4.0, 257).astype(np.float32)
+    grad_out is no test: there the reference's own 1 + tanh(u) has two correct digits.
+    Left of -7.1889 NumPy's tanh is -1 exactly before the true value rounds to it.)"""
+    x = np.linspace(-7.18, -4.0, 257).astype(dtype)
     for g in (np.full_like(x, np.inf), np.full_like(x, -100.0)):
         with fastml.use_backend("numpy"):
             expected = layers.gelu_backward(g, x, "tanh")
         with fastml.use_backend(backend):
             actual = layers.gelu_backward(g, x, "tanh")
-        rtol, atol = ROW_BY_OP["layers.gelu_backward"].tolerance(np.float32, 1)
+        rtol, atol = ROW_BY_OP["layers.gelu_backward"].tolerance(dtype, 1)
         assert_same(actual, expected, rtol, atol, f"gelu_backward tanh[{backend}]")
 
 

@@ -276,21 +276,34 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
 #define FM_INV_SQRT_2PI 0.3989422804014327     /* 1 / sqrt(2 pi) */
 #define FM_GELU_KAPPA 0.044715
 
-/* tanh(sqrt(2/pi) * (x + kappa * x**3)), of the tanh approximation. libm_tanh: libm's
- * tanh, within an ulp of the reference's, as 1 + t and 1 - t*t cancel near |t| = 1 and
- * fm_tanh_f64's few ulps there matter (the derivative always; float64 data's forward);
- * float32 data's forward rounds that away and takes the vectorizing fm_tanh_f64. */
-static inline double fm_gelu_tanh_t(double x, int libm_tanh) {
+/* tanh(x) with 1 - |tanh x| to a few ulps of itself, not of 1: 1 - 2 / (e**2|x| + 1) from
+ * |x| = 0.625 on (Cephes' split; below, fm_tanh_f64), so 1 + t and 1 - t*t keep their
+ * digits in the tanh-GELU derivative. fm_tanh_f64's expm1 is spaced 2**-53 near -1: it
+ * rounded the derivative to 0 over a 2x range of e**-2|x| where the reference's is tiny
+ * but nonzero (a grad_out of inf then gave NaN, not -inf). NumPy's tanh, the reference's,
+ * reaches -1 a little early too: for x in [-7.2000, -7.1889] its derivative is exactly 0
+ * where this one's (and libm's tanh, used here before) is not (2M-point sweep). Vectorizes:
+ * fm_exp_f64 and a select, where libm's scalar tanh made this loop 10x slower. */
+static inline double fm_tanh_tail_f64(double x) {
+    double a = x < 0 ? -x : x, t = 1 - 2 / (fm_exp_f64(a + a) + 1);
+    t = a < 0.625 ? fm_tanh_f64(a) : t;
+    return x != x ? x : (x < 0 ? -t : t);
+}
+
+/* tanh(sqrt(2/pi) * (x + kappa * x**3)), of the tanh approximation. tail: fm_tanh_tail_f64,
+ * as 1 + t and 1 - t*t cancel near |t| = 1 (the derivative always; float64 data's
+ * forward); float32 data's forward rounds that away and takes fm_tanh_f64. */
+static inline double fm_gelu_tanh_t(double x, int tail) {
     double u = FM_SQRT_2_OVER_PI * (x + FM_GELU_KAPPA * (x * x * x));
-    return libm_tanh ? tanh(u) : fm_tanh_f64(u);
+    return tail ? fm_tanh_tail_f64(u) : fm_tanh_f64(u);
 }
 
 static inline double fm_gelu_d(double x) {
     return x * (0.5 * (1 + erf(x * FM_SQRT_HALF)));
 }
 
-static inline double fm_gelu_tanh_d(double x, int libm_tanh) {
-    return x * (0.5 * (1 + fm_gelu_tanh_t(x, libm_tanh)));
+static inline double fm_gelu_tanh_d(double x, int tail) {
+    return x * (0.5 * (1 + fm_gelu_tanh_t(x, tail)));
 }
 
 /* 0.5 * (1 + erf(x / sqrt 2)) + x * exp(-x*x/2) / sqrt(2 pi) */
@@ -298,8 +311,8 @@ static inline double fm_gelu_grad_d(double x) {
     return 0.5 * (1 + erf(x * FM_SQRT_HALF)) + x * fm_exp_f64(-0.5 * x * x) * FM_INV_SQRT_2PI;
 }
 
-static inline double fm_gelu_tanh_grad_d(double x, int libm_tanh) {
-    double t = fm_gelu_tanh_t(x, libm_tanh);
+static inline double fm_gelu_tanh_grad_d(double x) {
+    double t = fm_gelu_tanh_t(x, 1);
     double d_inner = FM_SQRT_2_OVER_PI * (1 + 3 * FM_GELU_KAPPA * x * x);
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner;
 }

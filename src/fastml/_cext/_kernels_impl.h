@@ -497,10 +497,7 @@ FM_DISPATCH static void FM_FN(fastml_gelu_backward)(const FM_T *FM_RESTRICT g, c
                                         FM_T *FM_RESTRICT out, ptrdiff_t n, int approx_tanh) {
     if (approx_tanh)
         for (ptrdiff_t i = 0; i < n; i++)
-            /* libm's tanh for float32 too: in the left tail 1 + t cancels, and
-             * fm_tanh_f64's few ulps there turned the reference's tiny nonzero
-             * derivative into 0 (so grad_out = inf gave NaN, not -inf) */
-            out[i] = (FM_T)((double)g[i] * fm_gelu_tanh_grad_d((double)x[i], 1));
+            out[i] = (FM_T)((double)g[i] * fm_gelu_tanh_grad_d((double)x[i]));
     else
         for (ptrdiff_t i = 0; i < n; i++)
             out[i] = (FM_T)((double)g[i] * fm_gelu_grad_d((double)x[i]));

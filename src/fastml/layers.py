@@ -318,7 +318,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     ``stride`` (>= 1), ``padding`` (>= 0, zeros) and ``dilation`` (>= 1) take an
     int or an (h, w) pair. Dtype: float32 or float64, shared by all arguments.
 
-    Lowered to im2col plus BLAS GEMM (no hand-written GEMM). Raises TypeError
+    Lowered to im2col plus BLAS GEMM (no hand-written GEMM); the cython backend
+    takes 3x3 stride-1 convolutions with >= 16 input and output channels by Winograd
+    F(2x2, 3x3) (Lavin & Gray 2016; 16 BLAS GEMMs, float32 results a few ulps of
+    sum |w| |x| further from exact; docs/backends.md). Raises TypeError
     (dtypes, non-int sizes) and ValueError (channel mismatch naming 'weight', a
     kernel larger than the padded input naming 'weight', bad sizes or shapes).
     """

@@ -206,6 +206,36 @@ def test_layer_norm_fewer_rows_than_threads(backend, rows):
     assert_same(results[backend], results["numpy"], rtol, atol, f"layer_norm[{backend}]")
 
 
+@pytest.mark.parametrize("backend", [b for b in accelerated_backends() if b != "cuda"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("bad_row", [None, 0, -1], ids=["finite", "inf-first", "inf-last"])
+@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
+def test_layer_norm_backward_row_pairs(backend, rows, bad_row, weighted):
+    """numba's backward takes rows two at a time per chunk: odd chunks end with a row on
+    its own, and a pair with a row to redo (an inf in its grad_out, x finite) goes one
+    row at a time; on 1 and 2 threads every row, grad_weight and grad_bias are the
+    reference's."""
+    rng = np.random.default_rng(rows)
+    n = 1 << 15
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    g = rng.standard_normal((rows, n)).astype(np.float32)
+    if bad_row is not None:
+        g[bad_row, 7] = np.inf
+    w = rng.standard_normal(n).astype(np.float32) if weighted else None
+    with fastml.use_backend("numpy"):
+        expected = layers.layer_norm_backward(g, x, n, w)
+    n0 = fastml.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastml.set_num_threads(threads)
+            with fastml.use_backend(backend):
+                actual = layers.layer_norm_backward(g, x, n, w)
+            rtol, atol = ROW_BY_OP["layers.layer_norm_backward"].tolerance(np.float32, n)
+            assert_same(actual, expected, rtol, atol, f"layer_norm_backward[{backend}, {threads}]")
+    finally:
+        fastml.set_num_threads(n0)
+
+
 @pytest.mark.parametrize("backend", accelerated_backends())
 @pytest.mark.parametrize("affine", ["weight", "bias", "both", "none"])
 @pytest.mark.parametrize("shape", [(3, 7), (2, 1 << 17)], ids=["small", "parallel"])

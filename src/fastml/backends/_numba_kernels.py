@@ -2399,6 +2399,75 @@ def _layer_norm_backward_row(gr, xr, o, weight, has_w, accw, accb, mu, inv, aa, 
     return s1, s2, sg, sgx
 
 
+@_sum_kernel
+def _layer_norm_backward_pair(ga, xa, oa, gb, xb, ob, weight, has_w, accw, accb, mua, inva,
+                              aaa, bba, mub, invb, aab, bbb, gn, xn, kn, gm, xm, km):
+    """``_layer_norm_backward_row`` of two rows a, b in one loop, and the shifted sums of
+    the next two (n, m): with weight, the column sums take one read-modify-write for both
+    rows (2 threads, 4096x1024 float32, alternating processes: 0.68-0.87x the time of a
+    row at a time; without weight, where there are none, about the same)."""
+    s1 = 0.0
+    s2 = 0.0
+    sg = 0.0
+    sgx = 0.0
+    t1 = 0.0
+    t2 = 0.0
+    tg = 0.0
+    tgx = 0.0
+    if has_w:
+        for j in range(np.uint64(xa.size)):
+            _prefer_512()
+            wj = weight[j]
+            d = np.float64(xn[j]) - kn
+            e = np.float64(xm[j]) - km
+            gwn = np.float64(gn[j]) * wj
+            gwm = np.float64(gm[j]) * wj
+            s1 += d
+            s2 += d * d
+            sg += gwn
+            sgx += gwn * d
+            t1 += e
+            t2 += e * e
+            tg += gwm
+            tgx += gwm * e
+            g1 = np.float64(ga[j])
+            g2 = np.float64(gb[j])
+            xh1 = (np.float64(xa[j]) - mua) * inva
+            xh2 = (np.float64(xb[j]) - mub) * invb
+            oa[j] = inva * ((g1 * wj - aaa) - xh1 * bba)
+            ob[j] = invb * ((g2 * wj - aab) - xh2 * bbb)
+            accw[j] += g1 * xh1 + g2 * xh2
+            accb[j] += g1 + g2
+    else:
+        for j in range(np.uint64(xa.size)):
+            _prefer_512()
+            d = np.float64(xn[j]) - kn
+            e = np.float64(xm[j]) - km
+            gn64 = np.float64(gn[j])
+            gm64 = np.float64(gm[j])
+            s1 += d
+            s2 += d * d
+            sg += gn64
+            sgx += gn64 * d
+            t1 += e
+            t2 += e * e
+            tg += gm64
+            tgx += gm64 * e
+            oa[j] = inva * ((np.float64(ga[j]) - aaa) - (np.float64(xa[j]) - mua) * inva * bba)
+            ob[j] = invb * ((np.float64(gb[j]) - aab) - (np.float64(xb[j]) - mub) * invb * bbb)
+    return s1, s2, sg, sgx, t1, t2, tg, tgx
+
+
+@kernel
+def _layer_norm_backward_coefs(sh, s1, s2, sg, sgx, m, eps):
+    """(mean, invstd, mean(gw), mean(gw xhat) invstd..., bad) of a row from its shifted
+    sums; bad: its gw sums are not finite while x's statistics are."""
+    mu, var = _mean_var(sh, s1, s2, m)
+    inv = 1 / np.sqrt(var + eps)
+    bad = not (sg - sg == 0 and sgx - sgx == 0) and mu - mu == 0 and var - var == 0
+    return mu, inv, sg / m, inv * (sgx - (s1 / m) * sg) / m, bad
+
+
 @twin
 def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
     """Rows of x, grad_out (rows, n >= 1), in float64: a read pass for mean, variance,
@@ -2406,6 +2475,8 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
     - xhat mean(gw xhat)) from cache, rounded once, and the column sums (g xhat, g)
     with weight per chunk of rows, merged in chunk order: returns them in float64.
     weight is float64 (n,), ones without the affine map (the caller converts it).
+    Rows go two at a time (``_layer_norm_backward_pair``), the next two's read pass in
+    the same loop; an odd last row, and any pair with a bad row, one at a time.
 
     A row whose gw sums are not finite while x's statistics are gets
     redo = True and is left to the caller (see ``batch_norm_backward``)."""
@@ -2417,22 +2488,34 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
         lo, hi = _chunk(rows, nchunks, k)
         if hi <= lo:
             continue
-        sh = _first_finite(x[lo])
-        s1, s2, sg, sgx = _shifted_sums_gw(x[lo], g[lo], weight, sh)
-        for r in range(lo, hi):
-            mu, var = _mean_var(sh, s1, s2, m)
-            inv = 1 / np.sqrt(var + eps)
-            bad = not (sg - sg == 0 and sgx - sgx == 0) and mu - mu == 0 and var - var == 0
-            redo[r] = bad
-            nxt = r + 1 if r + 1 < hi else r
-            shn = _first_finite(x[nxt])
-            if bad:
-                s1, s2, sg, sgx = _shifted_sums_gw(x[nxt], g[nxt], weight, shn)
-            else:
-                s1, s2, sg, sgx = _layer_norm_backward_row(
-                    g[r], x[r], out[r], weight, has_w, pw[k], pb[k], mu, inv, sg / m,
-                    inv * (sgx - (s1 / m) * sg) / m, g[nxt], x[nxt], shn)
-            sh = shn
+        ka = _first_finite(x[lo])
+        sa = _shifted_sums_gw(x[lo], g[lo], weight, ka)
+        kb = _first_finite(x[min(lo + 1, hi - 1)])
+        sb = _shifted_sums_gw(x[min(lo + 1, hi - 1)], g[min(lo + 1, hi - 1)], weight, kb)
+        for r in range(lo, hi, 2):  # rows r and r + 1 (if < hi), their sums sa, sb
+            na, nb = min(r + 2, hi - 1), min(r + 3, hi - 1)
+            kna, knb = _first_finite(x[na]), _first_finite(x[nb])
+            mua, inva, aaa, bba, bada = _layer_norm_backward_coefs(ka, *sa, m, eps)
+            mub, invb, aab, bbb, badb = _layer_norm_backward_coefs(kb, *sb, m, eps)
+            redo[r] = bada
+            if r + 1 < hi:
+                redo[r + 1] = badb
+            if r + 1 < hi and not (bada or badb):
+                s = _layer_norm_backward_pair(
+                    g[r], x[r], out[r], g[r + 1], x[r + 1], out[r + 1], weight, has_w, pw[k],
+                    pb[k], mua, inva, aaa, bba, mub, invb, aab, bbb, g[na], x[na], kna,
+                    g[nb], x[nb], knb)
+                sa, sb = s[:4], s[4:]
+            else:  # rare: a row at a time, the next sums read again
+                if not bada:
+                    _layer_norm_backward_row(g[r], x[r], out[r], weight, has_w, pw[k], pb[k],
+                                             mua, inva, aaa, bba, g[r], x[r], ka)
+                if r + 1 < hi and not badb:
+                    _layer_norm_backward_row(g[r + 1], x[r + 1], out[r + 1], weight, has_w,
+                                             pw[k], pb[k], mub, invb, aab, bbb, g[r], x[r], ka)
+                sa = _shifted_sums_gw(x[na], g[na], weight, kna)
+                sb = _shifted_sums_gw(x[nb], g[nb], weight, knb)
+            ka, kb = kna, knb
     gw_total = pw[0].copy()
     gb_total = pb[0].copy()
     for k in range(1, nchunks):

@@ -277,7 +277,7 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
 #define FM_GELU_KAPPA 0.044715
 
 /* tanh(x) with 1 - |tanh x| to a few ulps of itself, not of 1: 1 - 2 / (e**2|x| + 1) from
- * |x| = 0.625 on (Cephes' split; below, fm_tanh_f64), so 1 + t and 1 - t*t keep their
+ * |x| = 0.625 on (Cephes' split and rational below), so 1 + t and 1 - t*t keep their
  * digits in the tanh-GELU derivative. fm_tanh_f64's expm1 is spaced 2**-53 near -1: it
  * rounded the derivative to 0 over a 2x range of e**-2|x| where the reference's is tiny
  * but nonzero (a grad_out of inf then gave NaN, not -inf). NumPy's tanh, the reference's,
@@ -285,8 +285,14 @@ FM_INLINE double fm_lanes_sum(const double *acc) {
  * where this one's (and libm's tanh, used here before) is not (2M-point sweep). Vectorizes:
  * fm_exp_f64 and a select, where libm's scalar tanh made this loop 10x slower. */
 static inline double fm_tanh_tail_f64(double x) {
-    double a = x < 0 ? -x : x, t = 1 - 2 / (fm_exp_f64(a + a) + 1);
-    t = a < 0.625 ? fm_tanh_f64(a) : t;
+    double a = x < 0 ? -x : x, z = a * a, t = 1 - 2 / (fm_exp_f64(a + a) + 1);
+    /* Cephes' tanh below 0.625: a + a z P(z) / Q(z), cheaper than fm_tanh_f64's expm1 */
+    double small = a + a * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                                 - 1.61468768441708447952e3)
+                                / (((z + 1.12811678491632931402e2) * z
+                                    + 2.23548839060100448583e3) * z
+                                   + 4.84406305325125486048e3));
+    t = a < 0.625 ? small : t;
     return x != x ? x : (x < 0 ? -t : t);
 }
 

@@ -347,7 +347,7 @@ def winograd_grad_output(const floating[:, :, :, ::1] g, floating[:, :, ::1] pg)
     if N == 0 or O == 0:
         return
     cdef Py_ssize_t th = (ho + 1) // 2, s = (wo + 1) // 2 + 1
-    cdef floating* scratch = <floating*>_scratch(4 * th * s + 4 * th * s, sizeof(floating))
+    cdef floating* scratch = <floating*>_scratch(8 * th * s, sizeof(floating))
     with nogil:
         if floating is float:
             fastml_winograd_grad_output_f32(&g[0, 0, 0, 0], N, O, ho, wo, &pg[0, 0, 0], scratch)

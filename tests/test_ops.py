@@ -211,10 +211,10 @@ def test_layer_norm_fewer_rows_than_threads(backend, rows):
 @pytest.mark.parametrize("bad_row", [None, 0, -1], ids=["finite", "inf-first", "inf-last"])
 @pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
 def test_layer_norm_backward_row_pairs(backend, rows, bad_row, weighted):
-    """numba's backward takes rows two at a time within a tile (here 2 rows: long rows):
-    odd chunks end with a row on its own, and a pair with a row to redo (an inf in its
-    grad_out, x finite) goes one row at a time; on 1 and 2 threads every row,
-    grad_weight and grad_bias are the reference's."""
+    """numba's backward takes rows two at a time per chunk: odd chunks end with a row on
+    its own, and a pair with a row to redo (an inf in its grad_out, x finite) goes one
+    row at a time; on 1 and 2 threads every row, grad_weight and grad_bias are the
+    reference's."""
     rng = np.random.default_rng(rows)
     n = 1 << 15
     x = rng.standard_normal((rows, n)).astype(np.float32)
@@ -232,41 +232,6 @@ def test_layer_norm_backward_row_pairs(backend, rows, bad_row, weighted):
                 actual = layers.layer_norm_backward(g, x, n, w)
             rtol, atol = ROW_BY_OP["layers.layer_norm_backward"].tolerance(np.float32, n)
             assert_same(actual, expected, rtol, atol, f"layer_norm_backward[{backend}, {threads}]")
-    finally:
-        fastml.set_num_threads(n0)
-
-
-@pytest.mark.skipif("numba" not in accelerated_backends(), reason="numba not installed")
-@pytest.mark.parametrize("tile", [1, 2, 3, 5])
-@pytest.mark.parametrize("bad_rows", [(), (0,), (4,), (5, 6), (10,)],
-                         ids=["finite", "inf-0", "inf-4", "inf-5-6", "inf-10"])
-@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
-def test_layer_norm_row_tiles(monkeypatch, tile, bad_rows, weighted):
-    """numba's layer_norm kernels take each chunk's rows a tile at a time (statistics,
-    then outputs; the backward's outputs in pairs within a tile). 11 rows in tiles of
-    1, 2, 3 and 5 on 1 and 2 threads (chunks of 6 and 5 rows): tiles that end short of
-    a chunk's end, odd tiles, and pairs with a row to redo (an inf in grad_out, x
-    finite) all give the reference's outputs, grad_weight and grad_bias."""
-    from fastml.backends import numba_cpu
-    monkeypatch.setattr(numba_cpu, "_tile_rows", lambda row_bytes, least: max(least, tile))
-    rng = np.random.default_rng(tile)
-    rows, n = 11, 1 << 14  # 180k elements: the parallel twins
-    x = rng.standard_normal((rows, n)).astype(np.float32) * 3 + 1
-    g = rng.standard_normal((rows, n)).astype(np.float32)
-    for r in bad_rows:
-        g[r, 9] = np.inf
-    w = rng.standard_normal(n).astype(np.float32) if weighted else None
-    b = rng.standard_normal(n).astype(np.float32)
-    with fastml.use_backend("numpy"):
-        expected = (layers.layer_norm(x, n, w, b), *layers.layer_norm_backward(g, x, n, w))
-    n0 = fastml.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastml.set_num_threads(threads)
-            with fastml.use_backend("numba"):
-                actual = (layers.layer_norm(x, n, w, b), *layers.layer_norm_backward(g, x, n, w))
-            rtol, atol = ROW_BY_OP["layers.layer_norm_backward"].tolerance(np.float32, n)
-            assert_same(actual, expected, rtol, atol, f"layer_norm tiles of {tile}, {threads}")
     finally:
         fastml.set_num_threads(n0)
 

@@ -67,20 +67,6 @@ def _run(twin, size, *args, chunked=False, parallel_min=PARALLEL_MIN):
     return twin.serial(*args, 1) if chunked else twin.serial(*args)
 
 
-# layer_norm's kernels take their rows a tile at a time: statistics first, streaming the
-# tile in from memory, then the outputs from cache. A tile of about this many input bytes
-# stays in L2 (1-2 MB per core on current x86 server cores). 4096x1024 float32: 256 and
-# 512 KB measured best; 16 KB up to 20% and 64 KB up to 8% slower, 1 MB up to 14%
-# slower in the backward.
-NORM_TILE_BYTES = 256 * 1024
-
-
-def _tile_rows(row_bytes, least):
-    """Rows per layer_norm tile: NORM_TILE_BYTES of input rows of row_bytes, at least
-    ``least`` (the backward takes rows two at a time)."""
-    return max(least, NORM_TILE_BYTES // max(row_bytes, 1))
-
-
 def _affine64(n, weight, bias):
     """layer_norm's weight and bias as float64 (n,) arrays, ones and zeros where None:
     the kernels compute in float64 (exact conversions, made once rather than per row;
@@ -345,8 +331,7 @@ class NumbaBackend(ReferenceBackend):
         if out.size:
             w64, b64 = _affine64(x.shape[1], weight, bias)
             affine = weight is not None or bias is not None
-            _run(K.layer_norm, x.size, x, affine, w64, b64, float(eps),
-                 _tile_rows(x.shape[1] * x.itemsize, 1), out, chunked=True)
+            _run(K.layer_norm, x.size, x, affine, w64, b64, float(eps), out, chunked=True)
         return out
 
     @op("layers")
@@ -358,8 +343,7 @@ class NumbaBackend(ReferenceBackend):
             redo = np.empty(rows, np.bool_)
             w64 = _affine64(n, weight, None)[0]
             gw, gb = _run(K.layer_norm_backward, x.size, grad_out, x, w64, weight is not None,
-                          float(eps), _tile_rows(2 * n * x.itemsize, 2), redo, out,
-                          chunked=True)
+                          float(eps), redo, out, chunked=True)
             if redo.any():
                 # The reference's formulas on those rows, its mean to the last bit
                 # (see the kernel); their column sums added last.

@@ -46,7 +46,7 @@ def main(argv=None):
     sys.path[:0] = [here, os.path.join(here, os.pardir, "tests")]
     import fastml
     import torch
-    from fastml._bench import _median_times
+    from fastml._bench import _median_times, steady_allocator
     from test_bench_layers import CASES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,6 +57,8 @@ def main(argv=None):
     backends = [b for b in args.backends.split(",") if b in fastml.available_backends()]
     torch.set_num_threads(fastml.get_num_threads())
     print(blas_line(), flush=True)
+    if not steady_allocator():
+        print("(glibc's malloc not found: freed memory may be faulted in again)")
 
     def tensor(a, grad=False):
         return torch.from_numpy(a).requires_grad_(grad)

@@ -5,18 +5,45 @@ Each implementation is called once untimed (JIT backends compile there), then
 timed in 3 to 50 interleaved rounds (about 0.3 s of the slowest one); the table
 shows the median. Inputs are NumPy arrays on every backend (cuda: copies to and
 from the device included). PyTorch gets the same arrays through ``torch.from_numpy`` (no copy).
+The run first keeps freed memory in the C heap (:func:`steady_allocator`).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import statistics
+import sys
 import time
 
 import numpy as np
 
 import fastml
 from fastml import layers, losses, optim
+
+
+def steady_allocator() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (``mallopt``): blocks up to
+    32 MB come from the heap, and the heap is not trimmed. Returns whether it applied
+    (glibc on Linux only).
+
+    Why: by default glibc returns big freed blocks to the kernel, and the next
+    allocation of that size faults its pages in again (zero-filled). Whether that
+    happens hangs on the order of allocations and frees: PyTorch's layer_norm
+    training step on 4096x1024 float32 faulted about 3,000 pages per step (twice
+    its time) where fastml's kernels faulted none, and which library paid changed
+    with what ran before. Benchmarks compare kernels, so no implementation pays it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and \
+        bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def _preprocessing():
@@ -133,6 +160,7 @@ def run(backends, *, quick=False, peers=True):
     ``results``: dicts with op, size, impl, seconds, speedup (vs numpy, or
     None) and fallback (True when the backend ran the reference for a kernel).
     """
+    steady_allocator()
     ops = fastml.backend_info()["ops"]
     results = []
     for op, size, kernels, call, args, peer_calls in _cases(quick):

@@ -35,24 +35,33 @@ def contiguous(a):
 
 
 def float_array(op: str, name: str, a, ndim=None):
-    """Validate a floating input: float32/float64 only, optional rank; C-contiguous."""
-    a = as_array(a)
+    """Validate a floating input: float32/float64 only, optional rank; C-contiguous.
+
+    A plain ndarray takes no helper calls: each public call validates several
+    inputs, and right after a large kernel has streamed through the caches every
+    Python call costs several times its warm time."""
+    plain = type(a) is np.ndarray
+    if not plain:
+        a = as_array(a)
     dt = np.dtype(a.dtype)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{op}: argument '{name}' must be float32 or float64, got {dt}")
     if ndim is not None and len(a.shape) not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         raise ValueError(f"{op}: argument '{name}' must be {ndim}-dimensional, "
                          f"got shape {tuple(a.shape)}")
+    if plain and a.flags.c_contiguous:
+        return a
     return contiguous(a)
 
 
 def same_dtype(op: str, **arrays):
     """Raise TypeError unless all non-None floating arrays share one dtype."""
-    seen = [(n, np.dtype(a.dtype)) for n, a in arrays.items() if a is not None]
-    if len({d for _, d in seen}) > 1:
-        desc = ", ".join(f"'{n}' is {d}" for n, d in seen)
+    dtypes = {a.dtype for a in arrays.values() if a is not None}
+    if len(dtypes) > 1:
+        desc = ", ".join(f"'{n}' is {np.dtype(a.dtype)}" for n, a in arrays.items()
+                         if a is not None)
         raise TypeError(f"{op}: floating arguments must share one dtype ({desc})")
-    return seen[0][1] if seen else None
+    return np.dtype(next(iter(dtypes))) if dtypes else None
 
 
 def check_shape(op: str, name: str, a, expected, what: str = "") -> None:

@@ -7,6 +7,8 @@ input raises ``TypeError`` naming the argument. Inputs are never modified.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _validate as v
@@ -45,7 +47,7 @@ def linear(x, weight, bias=None):
     v.check_shape(op, "x", x, x.shape[:-1] + (in_f,), "(*, in_features)")
     if bias is not None:
         v.check_shape(op, "bias", bias, (out_f,), "(out_features,)")
-    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    rows = math.prod(x.shape[:-1])
     y = _backend().linear(x.reshape(rows, in_f), weight, bias)
     return y.reshape(x.shape[:-1] + (out_f,))
 
@@ -69,7 +71,7 @@ def linear_backward(grad_out, x, weight, has_bias=True):
     out_f, in_f = weight.shape
     v.check_shape(op, "x", x, x.shape[:-1] + (in_f,), "(*, in_features)")
     v.check_shape(op, "grad_out", grad_out, x.shape[:-1] + (out_f,), "(*, out_features)")
-    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    rows = math.prod(x.shape[:-1])
     gx, gw, gb = _backend().linear_backward(grad_out.reshape(rows, out_f),
                                             x.reshape(rows, in_f), weight, bool(has_bias))
     return gx.reshape(x.shape), gw, gb
@@ -224,7 +226,7 @@ def _rowwise(op, method, arrays, names, axis):
     if ax != arrays[0].ndim - 1:  # host arrays only reach here with a non-last axis
         arrays = [np.ascontiguousarray(np.moveaxis(a, ax, -1)) for a in arrays]
     shape = tuple(arrays[0].shape)
-    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    rows = math.prod(shape[:-1])
     flat = [a.reshape(rows, shape[-1]) for a in arrays]
     out = getattr(_backend(), method)(*flat).reshape(shape)
     return np.moveaxis(out, -1, ax) if ax != len(shape) - 1 else out
@@ -453,7 +455,7 @@ def _channels(op, x):
     if x.ndim < 2:
         raise ValueError(f"{op}: argument 'x' must have shape (N, C) or (N, C, *), "
                          f"got {tuple(x.shape)}")
-    return x, x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
+    return x, x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=True,
@@ -527,19 +529,22 @@ def batch_norm_backward(grad_out, x, weight, eps=1e-5):
 
 def _normalized(op, x, normalized_shape):
     """x (*, *normalized_shape) as (rows, n) and normalized_shape as a tuple."""
-    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
-        else normalized_shape
-    if not isinstance(shape, (tuple, list)) or not shape or \
-            any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in shape):
-        raise TypeError(f"{op}: argument 'normalized_shape' must be an int or a non-empty "
-                        f"tuple of ints, got {normalized_shape!r}")
-    shape = tuple(int(s) for s in shape)
+    if type(normalized_shape) is int:  # the common case, without the loops below
+        shape = (normalized_shape,)
+    else:
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+            else normalized_shape
+        if not isinstance(shape, (tuple, list)) or not shape or \
+                any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in shape):
+            raise TypeError(f"{op}: argument 'normalized_shape' must be an int or a non-empty "
+                            f"tuple of ints, got {normalized_shape!r}")
+        shape = tuple(int(s) for s in shape)
     x = v.float_array(op, "x", x)
     if tuple(x.shape[x.ndim - len(shape):]) != shape or x.ndim < len(shape):
         raise ValueError(f"{op}: argument 'normalized_shape' {shape} must be the trailing "
                          f"dimensions of x, got x of shape {tuple(x.shape)}")
-    n = int(np.prod(shape, dtype=np.int64))
-    rows = int(np.prod(x.shape[:x.ndim - len(shape)], dtype=np.int64))
+    n = math.prod(shape)
+    rows = math.prod(x.shape[:x.ndim - len(shape)])
     return x, x.reshape(rows, n), shape
 
 

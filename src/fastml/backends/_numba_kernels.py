@@ -2148,6 +2148,16 @@ def _first_finite(a):
 
 
 @kernel
+def _any_true(flags):
+    """flags.any() without a NumPy call after the kernel (a cold-cache call costs
+    tens of microseconds; see ``docs/backends.md``)."""
+    for i in range(flags.size):
+        if flags[i]:
+            return True
+    return False
+
+
+@kernel
 def _channel_shift(x, ch):
     """The first finite value of channel ch of x (N, C, L) in float64, else 0."""
     for b in range(x.shape[0]):
@@ -2275,7 +2285,7 @@ def batch_norm_backward(g, x, weight, has_w, eps, sum_g, sum_gx, redo, out):
     A channel whose g sums are not finite while x's statistics are gets
     redo = True and is left to the caller: which of its outputs are inf and
     which NaN hangs on the sign (or zero) of x - mean, so it needs the
-    reference's own mean, to the last bit."""
+    reference's own mean, to the last bit. Returns whether any channel has."""
     n, c, l = x.shape
     m = np.float64(n * l)
     for ch in prange(c):
@@ -2307,6 +2317,7 @@ def batch_norm_backward(g, x, weight, has_w, eps, sum_g, sum_gx, redo, out):
             for j in range(np.uint64(l)):
                 xh = (np.float64(xr[j]) - mu) * inv
                 o[j] = kk * ((np.float64(gr[j]) - aa) - xh * bb)
+    return _any_true(redo)
 
 
 # layer_norm runs a chunk of rows per thread, row after row, each row's second pass
@@ -2460,7 +2471,8 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
     """Rows of x, grad_out (rows, n >= 1), in float64: a read pass for mean, variance,
     sum(gw) and sum(gw (x - k)) (gw = g * weight), then grad_x = invstd (gw - mean(gw)
     - xhat mean(gw xhat)) from cache, rounded once, and the column sums (g xhat, g)
-    with weight per chunk of rows, merged in chunk order: returns them in float64.
+    with weight per chunk of rows, merged in chunk order: returns them in float64,
+    and whether any row is to redo (below).
     weight is float64 (n,), ones without the affine map (the caller converts it).
     Rows go two at a time (``_layer_norm_backward_pair``), the next two's read pass in
     the same loop; an odd last row, and any pair with a bad row, one at a time.
@@ -2508,7 +2520,7 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
     for k in range(1, nchunks):
         gw_total += pw[k]
         gb_total += pb[k]
-    return gw_total, gb_total
+    return gw_total, gb_total, _any_true(redo)
 
 
 # --------------------------------------------------------- dropout, embedding

@@ -34,15 +34,14 @@ PARALLEL_MIN = 1 << 17  # elements; below this thread start-up costs more than i
 
 _launch_lock = threading.Lock()
 _layer_safe = False  # known only after the first parallel launch
+_NO_SLOT_NEEDED = contextlib.nullcontext(True)  # once the layer is known safe
 
 
 @contextlib.contextmanager
 def _parallel_slot():
-    """Yield whether this thread may launch a parallel kernel now."""
+    """Yield whether this thread may launch a parallel kernel now (until the
+    threading layer is known: then ``_NO_SLOT_NEEDED``)."""
     global _layer_safe
-    if _layer_safe:
-        yield True
-        return
     got = _launch_lock.acquire(blocking=False)
     try:
         yield got
@@ -60,7 +59,7 @@ def _run(twin, size, *args, chunked=False, parallel_min=PARALLEL_MIN):
     """
     threads = min(_config.get_num_threads(), _numba_config.NUMBA_NUM_THREADS)
     if size >= parallel_min and threads > 1:
-        with _parallel_slot() as ok:
+        with _NO_SLOT_NEEDED if _layer_safe else _parallel_slot() as ok:
             if ok:
                 numba.set_num_threads(threads)
                 return twin.parallel(*args, threads) if chunked else twin.parallel(*args)
@@ -305,10 +304,9 @@ class NumbaBackend(ReferenceBackend):
         out = np.empty_like(x)
         if x.size:
             redo = np.empty(c, np.bool_)
-            _run(K.batch_norm_backward, x.size, grad_out, x,
-                 x[0, :, 0] if weight is None else weight, weight is not None, float(eps),
-                 sum_g, sum_gx, redo, out)
-            if redo.any():
+            if _run(K.batch_norm_backward, x.size, grad_out, x,
+                    x[0, :, 0] if weight is None else weight, weight is not None, float(eps),
+                    sum_g, sum_gx, redo, out):
                 # The reference's formulas, its mean to the last bit (see the kernel).
                 x64 = x.astype(np.float64)
                 mean = x64.mean(axis=(0, 2))
@@ -342,9 +340,9 @@ class NumbaBackend(ReferenceBackend):
         if out.size:
             redo = np.empty(rows, np.bool_)
             w64 = _affine64(n, weight, None)[0]
-            gw, gb = _run(K.layer_norm_backward, x.size, grad_out, x, w64, weight is not None,
-                          float(eps), redo, out, chunked=True)
-            if redo.any():
+            gw, gb, any_redo = _run(K.layer_norm_backward, x.size, grad_out, x, w64,
+                                    weight is not None, float(eps), redo, out, chunked=True)
+            if any_redo:
                 # The reference's formulas on those rows, its mean to the last bit
                 # (see the kernel); their column sums added last.
                 rr = np.flatnonzero(redo)

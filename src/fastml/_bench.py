@@ -1,9 +1,9 @@
 """``python -m fastml bench``: the main ops side by side on each backend and, where
 installed, PyTorch (CPU) and scikit-learn.
 
-Each implementation is called once untimed (JIT backends compile there), then
-timed in 3 to 50 interleaved rounds (about 0.3 s of the slowest one); the table
-shows the median. Inputs are NumPy arrays on every backend (cuda: copies to and
+Each implementation is called in three untimed rounds (JIT backends compile there;
+first calls on a new size are slow), then timed in 3 to 50 interleaved rounds (about
+0.3 s of the slowest one); the table shows the median. Inputs are NumPy arrays on every backend (cuda: copies to and
 from the device included). PyTorch gets the same arrays through ``torch.from_numpy`` (no copy).
 The run first keeps freed memory in the C heap (:func:`steady_allocator`).
 """
@@ -139,17 +139,26 @@ def _once(fn, backend):
         return time.perf_counter() - t0
 
 
-def _median_times(impls, budget):
-    """Median seconds per implementation: one untimed call each (compilation), then
-    3 to 50 rounds, each timing every implementation once, so load changes on a
-    shared machine hit all of them alike. The order rotates from round to round:
-    a library whose threads keep spinning after a call (OpenMP) slows whatever
-    runs next, and that must not always be the same implementation."""
-    first = max(_once(fn, b) for _, fn, b in impls)
-    rounds = int(min(50, max(3, budget / max(first, 1e-6))))
+def _rotated(impls, r):
+    """impls starting at the (r mod len)-th."""
+    return impls[r % len(impls):] + impls[:r % len(impls)]
+
+
+def _median_times(impls, budget, warmup=3):
+    """Median seconds per implementation: ``warmup`` untimed rounds (JIT compilation,
+    and first calls on a new size: PyTorch's layer_norm training step on 4096x1024
+    took 27-145 ms in its first 2-6 calls, then 2-5 ms), then 3 to 50 rounds (about
+    ``budget`` seconds of the slowest implementation), each timing every
+    implementation once, so load changes on a shared machine hit all of them alike.
+    The order rotates from round to round: a library whose threads keep spinning
+    after a call (OpenMP) slows whatever runs next, and that must not always be the
+    same implementation."""
+    for r in range(max(1, warmup)):
+        slowest = max(_once(fn, b) for _, fn, b in _rotated(impls, r))
+    rounds = int(min(50, max(3, budget / max(slowest, 1e-6))))
     times = {name: [] for name, _, _ in impls}
     for r in range(rounds):
-        for name, fn, b in impls[r % len(impls):] + impls[:r % len(impls)]:
+        for name, fn, b in _rotated(impls, r):
             times[name].append(_once(fn, b))
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -168,7 +177,7 @@ def run(backends, *, quick=False, peers=True):
         impls += [(name, fn, None) for name, fn in peer_calls.items()] if peers else []
         if not impls:
             continue
-        medians = _median_times(impls, 0.05 if quick else 0.3)
+        medians = _median_times(impls, 0.05 if quick else 0.3, warmup=1 if quick else 3)
         base = medians.get("numpy")
         for impl, sec in medians.items():
             fallback = impl in backends and any(ops[k][impl] != "native" for k in kernels)

@@ -1,5 +1,5 @@
-"""fastml._bench.steady_allocator: benchmarks keep freed memory for reuse, so no
-implementation pays page faults that another did not (see its docstring)."""
+"""fastml._bench's harness: freed memory kept for reuse (``steady_allocator``), so no
+implementation pays page faults that another did not, and untimed warm-up rounds."""
 import subprocess
 import sys
 import textwrap
@@ -40,3 +40,27 @@ def test_steady_allocator_reuses_freed_memory():
     if default < 256:
         pytest.skip(f"this malloc keeps the memory anyway ({default} faults)")
     assert _warm_faults("steady") < 64
+
+
+def test_median_times_skips_warmup_rounds(monkeypatch):
+    """A library slow on its first calls (PyTorch on a new size) must not pull the
+    medians: the warm-up rounds are not timed. A fake clock, advanced by each call."""
+    from fastml import _bench
+    clock = {"now": 0.0, "calls": 0}
+
+    def slow_start():  # 3 slow calls (1 s), then fast ones (1 ms)
+        clock["calls"] += 1
+        clock["now"] += 1.0 if clock["calls"] <= 3 else 0.001
+
+    def steady():
+        clock["now"] += 0.002
+
+    def once(fn, backend):  # _once on the fake clock
+        start = clock["now"]
+        fn()
+        return clock["now"] - start
+
+    monkeypatch.setattr(_bench, "_once", once)
+    medians = _bench._median_times([("a", slow_start, None), ("b", steady, None)],
+                                   budget=0.01, warmup=3)
+    assert medians == {"a": pytest.approx(0.001), "b": pytest.approx(0.002)}

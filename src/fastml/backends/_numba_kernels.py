@@ -2138,10 +2138,18 @@ def avg_pool2d_backward(g, kh, kw, sh, sw, ph, pw, out, nchunks):
 # of the channel / row: sums of (x - k) and (x - k)**2 keep their digits when
 # |mean| >> std (the naive sum of squares would not). A non-finite value makes
 # the sums, and so mean / var, inf or NaN as the reference's two passes do.
+# The row helpers and layer_norm's forward take a 2-D array and a row index, not a
+# row view: views of rows cost the forward a fixed time per row (most likely numba's
+# reference counting of each view: its serial kernel held 12 NRT_incref and 25
+# NRT_decref calls). Forward on 4M float32, rows of 64 / 256 / 1024: 0.59 / 0.66 /
+# 0.90x the time on one thread, 0.87 / 0.88 / 1.00x on two, bit-identical. Written
+# the same way, the backward's two-thread kernel ran 1.2-1.8x slower on rows of
+# 64-256 (not understood), so it keeps its views.
 @kernel
-def _first_finite(a):
-    for i in range(a.size):
-        v = a[i]
+def _first_finite(x, r):
+    """The first finite value of row r of x (2-D) in float64, else 0."""
+    for j in range(x.shape[1]):
+        v = x[r, j]
         if v - v == 0:
             return np.float64(v)
     return 0.0
@@ -2188,13 +2196,13 @@ def _shifted_sums_gw(a, g, w, k):
 
 
 @_sum_kernel
-def _shifted_sums(a, k):
-    """float64 (sum(a - k), sum((a - k)**2)) of 1-D a."""
+def _shifted_sums(x, r, k):
+    """float64 (sum(a - k), sum((a - k)**2)) of row a = x[r] of 2-D x."""
     s1 = 0.0
     s2 = 0.0
-    for j in range(a.size):
+    for j in range(np.uint64(x.shape[1])):
         _prefer_512()
-        d = np.float64(a[j]) - k
+        d = np.float64(x[r, j]) - k
         s1 += d
         s2 += d * d
     return s1, s2
@@ -2231,7 +2239,7 @@ def _channel_sums(x, ch, k):
     s1 = 0.0
     s2 = 0.0
     for b in range(x.shape[0]):
-        a1, a2 = _shifted_sums(x[b, ch], k)
+        a1, a2 = _shifted_sums(x[b], ch, k)
         s1 += a1
         s2 += a2
     return s1, s2
@@ -2329,26 +2337,26 @@ def batch_norm_backward(g, x, weight, has_w, eps, sum_g, sum_gx, redo, out):
 # computed again, unused). The fused loops repeat _shifted_sums(_gw)'s body on purpose:
 # a call would be a loop of its own.
 @_sum_kernel
-def _layer_norm_row(xr, o, affine, weight, bias, mean, inv, xn, kn):
-    """o = (xr - mean) inv (times weight plus bias when affine) in float64, rounded
-    once; returns the next row xn's shifted sums (``_shifted_sums``). reassoc
+def _layer_norm_row(x, r, out, affine, weight, bias, mean, inv, nx, kn):
+    """out[r] = (x[r] - mean) inv (times weight plus bias when affine) in float64,
+    rounded once; returns row nx's shifted sums (``_shifted_sums``). reassoc
     (_sum_kernel) lets the sums vectorize."""
     s1 = 0.0
     s2 = 0.0
     if affine:
-        for j in range(np.uint64(xr.size)):
+        for j in range(np.uint64(x.shape[1])):
             _prefer_512()
-            d = np.float64(xn[j]) - kn
+            d = np.float64(x[nx, j]) - kn
             s1 += d
             s2 += d * d
-            o[j] = (np.float64(xr[j]) - mean) * inv * weight[j] + bias[j]
+            out[r, j] = (np.float64(x[r, j]) - mean) * inv * weight[j] + bias[j]
     else:
-        for j in range(np.uint64(xr.size)):
+        for j in range(np.uint64(x.shape[1])):
             _prefer_512()
-            d = np.float64(xn[j]) - kn
+            d = np.float64(x[nx, j]) - kn
             s1 += d
             s2 += d * d
-            o[j] = (np.float64(xr[j]) - mean) * inv
+            out[r, j] = (np.float64(x[r, j]) - mean) * inv
     return s1, s2
 
 
@@ -2362,15 +2370,14 @@ def layer_norm(x, affine, weight, bias, eps, out, nchunks):
         lo, hi = _chunk(rows, nchunks, k)
         if hi <= lo:
             continue
-        sh = _first_finite(x[lo])
-        s1, s2 = _shifted_sums(x[lo], sh)
+        sh = _first_finite(x, lo)
+        s1, s2 = _shifted_sums(x, lo, sh)
         for r in range(lo, hi):
             mean, var = _mean_var(sh, s1, s2, m)
             inv = 1 / np.sqrt(var + eps)
             nxt = r + 1 if r + 1 < hi else r
-            sh = _first_finite(x[nxt])
-            s1, s2 = _layer_norm_row(x[r], out[r], affine, weight, bias, mean, inv, x[nxt],
-                                     sh)
+            sh = _first_finite(x, nxt)
+            s1, s2 = _layer_norm_row(x, r, out, affine, weight, bias, mean, inv, nxt, sh)
 
 
 @_sum_kernel
@@ -2487,13 +2494,13 @@ def layer_norm_backward(g, x, weight, has_w, eps, redo, out, nchunks):
         lo, hi = _chunk(rows, nchunks, k)
         if hi <= lo:
             continue
-        ka = _first_finite(x[lo])
+        ka = _first_finite(x, lo)
         sa = _shifted_sums_gw(x[lo], g[lo], weight, ka)
-        kb = _first_finite(x[min(lo + 1, hi - 1)])
+        kb = _first_finite(x, min(lo + 1, hi - 1))
         sb = _shifted_sums_gw(x[min(lo + 1, hi - 1)], g[min(lo + 1, hi - 1)], weight, kb)
         for r in range(lo, hi, 2):  # rows r and r + 1 (if < hi), their sums sa, sb
             na, nb = min(r + 2, hi - 1), min(r + 3, hi - 1)
-            kna, knb = _first_finite(x[na]), _first_finite(x[nb])
+            kna, knb = _first_finite(x, na), _first_finite(x, nb)
             mua, inva, aaa, bba, bada = _layer_norm_backward_coefs(ka, *sa, m, eps)
             mub, invb, aab, bbb, badb = _layer_norm_backward_coefs(kb, *sb, m, eps)
             redo[r] = bada

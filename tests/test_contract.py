@@ -296,6 +296,32 @@ def test_noncontiguous_param_updated_in_place(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+def test_noncontiguous_inputs_match_contiguous(backend):
+    """Strided views (every other column, a transpose) are made contiguous once by
+    validation; every backend then gives what it gives for a contiguous copy."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16)).astype(f32)[:, ::2]         # (6, 8), strided
+    g = rng.standard_normal((8, 6)).astype(f32).T                 # (6, 8), transposed
+    w = rng.standard_normal(16).astype(f32)[::2]
+    img = rng.standard_normal((2, 3, 8, 10)).astype(f32)[..., ::2]  # (2, 3, 8, 5)
+    k = rng.standard_normal((4, 3, 3, 3)).astype(f32)
+    calls = [
+        lambda x, g, w, img: layers.layer_norm(x, 8, w, w),
+        lambda x, g, w, img: layers.layer_norm_backward(g, x, 8, w),
+        lambda x, g, w, img: layers.gelu(x),
+        lambda x, g, w, img: layers.batch_norm(img, None, None, training=True),
+        lambda x, g, w, img: layers.conv2d(img, k, None, padding=1),
+    ]
+    dense = [np.ascontiguousarray(a) for a in (x, g, w, img)]
+    with fastml.use_backend(backend):
+        for call in calls:
+            got, want = call(x, g, w, img), call(*dense)
+            for a, b in zip(got if isinstance(got, tuple) else (got,),
+                            want if isinstance(want, tuple) else (want,)):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_zero_size_batches(backend):
     with fastml.use_backend(backend):
         assert layers.linear(np.ones((0, 3), f32), np.ones((2, 3), f32)).shape == (0, 2)

@@ -3,9 +3,10 @@ installed, PyTorch (CPU) and scikit-learn.
 
 Each implementation is called in three untimed rounds (JIT backends compile there;
 first calls on a new size are slow), then timed in 3 to 50 interleaved rounds (about
-0.3 s of the slowest one); the table shows the median. Inputs are NumPy arrays on every backend (cuda: copies to and
-from the device included). PyTorch gets the same arrays through ``torch.from_numpy`` (no copy).
-The run first keeps freed memory in the C heap (:func:`steady_allocator`).
+0.3 s of the slowest one); the table shows the median. Inputs are NumPy arrays on
+every backend (cuda: copies to and from the device included). PyTorch gets the same
+arrays through ``torch.from_numpy`` (no copy). The run first keeps freed memory in
+the C heap (:func:`steady_allocator`).
 """
 from __future__ import annotations
 
